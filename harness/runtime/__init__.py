@@ -1,0 +1,1 @@
+"""Runtimes start a LaunchSpec: ``local`` (a process group) and ``docker`` (a container)."""

@@ -1,0 +1,116 @@
+"""The LaunchSpec: everything needed to start one server, frozen and serialisable.
+
+A LaunchSpec is produced by :func:`harness.plan.make_plan` (pure) and consumed by the runtimes
+(local process group, Docker). ``harness plan --format json`` prints exactly
+``spec.to_json()``; its keys are a contract (DESIGN.md), so fields are only ever added.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EngineName = Literal["vllm", "lmdeploy", "sim"]
+RuntimeName = Literal["local", "docker"]
+OnHang = Literal["keep", "stop", "restart"]
+
+
+class Frozen(BaseModel):
+    """Base for spec models: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VolumeSpec(Frozen):
+    """One bind mount, in docker-py's shape: ``{host_path: {"bind": ..., "mode": ...}}``."""
+
+    bind: str
+    mode: Literal["ro", "rw"] = "rw"
+
+
+class ContainerSpec(Frozen):
+    """How the server's container is created (``--runtime docker``).
+
+    ``ulimits`` maps a limit name (``stack``, ``core``, ``memlock``, ``nofile``) to one value
+    used as both soft and hard limit; ``-1`` means unlimited. ``gpus`` is ``"all"``, a count,
+    a list of device ids, or ``None`` on a host without NVIDIA GPUs.
+    """
+
+    image: str
+    name: str
+    ipc_mode: str | None = "host"
+    network_mode: str = "host"
+    shm_size: str | None = None
+    cap_add: tuple[str, ...] = ()
+    ulimits: dict[str, int] = Field(default_factory=dict)
+    volumes: dict[str, VolumeSpec] = Field(default_factory=dict)
+    gpus: str | int | list[int] | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    ports: dict[str, tuple[str, int]] = Field(default_factory=dict)
+    init: bool = True
+    privileged: Literal[False] = False
+
+
+class Deadlines(Frozen):
+    """Every wait harness does around a server has a deadline (seconds)."""
+
+    startup_s: float = 1800.0
+    startup_log_silence_s: float | None = None
+    stop_grace_s: float = 15.0
+    request_s: float = 600.0
+
+
+class WatchSettings(Frozen):
+    """Watchdog settings carried by the plan (rules are configured by profiles and flags)."""
+
+    stall_after_s: float = 60.0
+    canary_interval_s: float = 5.0
+    canary_deadline_s: float | None = None
+    engine_stall_s: float | None = None
+    on_hang: OnHang = "keep"
+    enabled: bool = True
+
+
+class LoadLimits(Frozen):
+    """Load-side limits a profile sets for the load generator (e.g. ``vlm-safe``)."""
+
+    max_image_pixels: int | None = None
+    max_images_per_request: int | None = None
+
+
+class LaunchSpec(Frozen):
+    """A complete, runnable description of one server launch."""
+
+    run_id: str
+    run_dir: str
+    engine: EngineName
+    model: str
+    tp: int
+    profiles: list[str]
+    runtime: RuntimeName
+    host: str
+    port: int
+    argv: list[str]
+    env: dict[str, str]
+    container: ContainerSpec | None = None
+    health_url: str
+    base_url: str
+    served_model_name: str
+    deadlines: Deadlines = Field(default_factory=Deadlines)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    load: LoadLimits = Field(default_factory=LoadLimits)
+    device: Literal["cpu", "cuda"] = "cuda"
+    warnings: list[str] = Field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready mapping (the contract of ``harness plan --format json``)."""
+        return self.model_dump(mode="json")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> LaunchSpec:
+        return cls.model_validate_json(text)
