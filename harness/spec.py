@@ -102,6 +102,8 @@ class LaunchSpec(Frozen):
     watch: WatchSettings = Field(default_factory=WatchSettings)
     load: LoadLimits = Field(default_factory=LoadLimits)
     device: Literal["cpu", "cuda"] = "cuda"
+    rlimits: dict[str, int] = Field(default_factory=dict)
+    faults: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

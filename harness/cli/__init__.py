@@ -8,6 +8,7 @@ tracebacks. Each command lives in its own module in this package and is register
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Any
 
@@ -44,12 +45,21 @@ class HarnessGroup(click.Group):
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="harness")
-def cli() -> None:
+@click.option(
+    "--runs-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory of run directories, for every command [env HARNESS_RUNS_DIR; default ./runs].",
+)
+def cli(runs_dir: str | None) -> None:
     """Launch vLLM / LMDeploy servers the right way, load them until they hang, capture what
     every process was doing, and compare settings with numbers you can trust.
 
     Every command takes --runs-dir DIR (or $HARNESS_RUNS_DIR; default ./runs).
     """
+    if runs_dir:
+        # Subcommands read HARNESS_RUNS_DIR as their --runs-dir default.
+        os.environ["HARNESS_RUNS_DIR"] = os.path.abspath(runs_dir)
 
 
 for _module, _attr in _COMMANDS:

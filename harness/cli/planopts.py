@@ -1,0 +1,147 @@
+"""The plan options shared by plan, serve and the campaign commands, and turning them into a
+LaunchSpec."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from harness import hostfacts
+from harness.plan import PlanRequest, make_plan
+from harness.profiles import split_profile_list
+from harness.rundir import new_run_id, runs_root
+from harness.spec import LaunchSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PLAN_OPTIONS: list[Callable[[F], F]] = [
+    click.option(
+        "--engine",
+        type=click.Choice(["vllm", "lmdeploy", "sim"]),
+        default="vllm",
+        show_default=True,
+        help="Serving engine (sim: harness's simulated engine).",
+    ),
+    click.option(
+        "--model",
+        required=True,
+        help="Model directory or hub id (build a tiny local one with `harness tiny-model DIR`).",
+    ),
+    click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size."),
+    click.option(
+        "--profile",
+        "profiles",
+        multiple=True,
+        help="Profiles composed left to right: names (default, debug, trace, vlm-safe, nccl-safe, "
+        "net, eager) or YAML paths; comma-separated or repeated. [default: default]",
+    ),
+    click.option(
+        "--runtime",
+        type=click.Choice(["local", "docker"]),
+        default="local",
+        show_default=True,
+        help="local: a process group here; docker: a container.",
+    ),
+    click.option("--host", default="127.0.0.1", show_default=True, help="Address the server binds."),
+    click.option("--port", type=int, default=8000, show_default=True, help="Server port."),
+    click.option("--image", default=None, help="Container image (docker runtime; default per engine)."),
+    click.option(
+        "--engine-arg",
+        "engine_args",
+        multiple=True,
+        help="Argument passed straight to the engine (repeatable; shell-split: "
+        "--engine-arg '--max-model-len 512').",
+    ),
+    click.option(
+        "--fault",
+        "faults",
+        multiple=True,
+        help="Fault for --engine sim, e.g. stall:p=0.01,after=5 (repeatable).",
+    ),
+    click.option(
+        "--device",
+        type=click.Choice(["auto", "cpu", "cuda"]),
+        default="auto",
+        show_default=True,
+        help="Plan for GPUs or the CPU backend (auto: detect NVIDIA GPUs here).",
+    ),
+    click.option("--gpus", default=None, help="Docker GPUs: all, a count, or ids like 0,1."),
+    click.option("--net-iface", default=None, help="Interface for the net profile (default: detected)."),
+    click.option("--host-ip", default=None, help="IP for the net profile (default: detected)."),
+]
+
+
+def plan_options(func: F) -> F:
+    """Decorate a click command with every plan option."""
+    for option in reversed(_PLAN_OPTIONS):
+        func = option(func)
+    return func
+
+
+def _parse_gpus(value: str | None) -> str | int | list[int] | None:
+    if value is None:
+        return None
+    if value == "all":
+        return "all"
+    if value.isdigit():
+        return int(value)
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("use all, a count, or ids like 0,1", param_hint="--gpus") from None
+
+
+def build_spec(
+    options: dict[str, Any],
+    *,
+    runs_dir: str | None,
+    startup_timeout: float | None = None,
+    stall_after: float | None = None,
+    on_hang: str | None = None,
+    watch: bool | None = None,
+) -> LaunchSpec:
+    """Detect host facts and plan: the one path from command-line options to a LaunchSpec."""
+    model, is_local = hostfacts.classify_model(options["model"])
+    facts = hostfacts.detect(
+        device=options["device"], iface=options["net_iface"], host_ip=options["host_ip"]
+    )
+    # Every plan starts from the production-like base; listed profiles go on top of it.
+    profiles = split_profile_list(options["profiles"])
+    if "default" not in profiles:
+        profiles.insert(0, "default")
+    request = PlanRequest(
+        engine=options["engine"],
+        model=model,
+        run_id=new_run_id(f"{options['engine']}-tp{options['tp']}"),
+        runs_root=str(runs_root(runs_dir)),
+        tp=options["tp"],
+        profiles=tuple(profiles),
+        runtime=options["runtime"],
+        host=options["host"],
+        port=options["port"],
+        image=options["image"],
+        engine_args=tuple(options["engine_args"]),
+        faults=tuple(options["faults"]),
+        model_is_local_dir=is_local,
+        startup_timeout_s=startup_timeout,
+        stall_after_s=stall_after,
+        on_hang=on_hang,  # type: ignore[arg-type]
+        watch=watch,
+        gpus=_parse_gpus(options["gpus"]),
+        caller_env=dict(os.environ),
+    )
+    return make_plan(request, facts)
+
+
+PLAN_OPTION_NAMES = (
+    "engine", "model", "tp", "profiles", "runtime", "host", "port", "image", "engine_args",
+    "faults", "device", "gpus", "net_iface", "host_ip",
+)
+
+
+def pop_plan_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Split the plan options out of a command's keyword arguments."""
+    return {name: kwargs.pop(name) for name in PLAN_OPTION_NAMES}
