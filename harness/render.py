@@ -1,0 +1,173 @@
+"""Render a ``--runtime docker`` LaunchSpec for people and tools without harness (pure).
+
+``harness plan --format docker`` prints :func:`render_docker_run`, a copy-pasteable
+``docker run`` command; ``--format compose`` prints :func:`render_compose`, a Docker Compose
+file (``docker compose -f FILE up`` or Debian's ``docker-compose -f FILE up``). Both say exactly
+what :mod:`harness.runtime.docker` does with the same plan, so a plan can be shared, reviewed
+and run without harness.
+
+Values of secret-looking variables (``HF_TOKEN``, ``*_API_KEY``, ...) are never written out:
+the command passes them through from the caller's environment (``-e HF_TOKEN``), the compose
+file leaves them empty so Compose takes them from the shell.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from typing import Any
+
+import yaml
+
+from harness.errors import PlanError
+from harness.spec import ContainerSpec, LaunchSpec
+
+#: Variables passed through from the caller's environment when set (never stored in a plan):
+#: what a container needs to download gated models.
+PASSTHROUGH_ENV: tuple[str, ...] = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+
+_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY)", re.I)
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether an environment variable's value must not be printed."""
+    return bool(_SECRET.search(name))
+
+
+def _container(spec: LaunchSpec) -> ContainerSpec:
+    if spec.container is None:
+        raise PlanError(
+            "this plan has no container (it was planned for --runtime local)",
+            hint="add --runtime docker",
+        )
+    return spec.container
+
+
+def _gpus_flag(gpus: str | int | list[int]) -> str:
+    if isinstance(gpus, list):
+        # The CLI parses --gpus as CSV: a device list must be quoted inside the value.
+        return '"device=' + ",".join(str(i) for i in gpus) + '"'
+    return str(gpus)
+
+
+def _stop_timeout(spec: LaunchSpec) -> int:
+    return max(1, round(spec.deadlines.stop_grace_s))
+
+
+def _docker_run_groups(spec: LaunchSpec, *, detach: bool, remove: bool) -> list[list[str]]:
+    """``docker run`` as groups: the command, one group per option, then image + arguments."""
+    c = _container(spec)
+    groups: list[list[str]] = [["docker", "run"]]
+    if detach:
+        groups.append(["--detach"])
+    if remove:
+        groups.append(["--rm"])
+    groups.append(["--name", c.name])
+    if c.init:
+        groups.append(["--init"])
+    if c.ipc_mode:
+        groups.append(["--ipc", c.ipc_mode])
+    if c.shm_size:
+        groups.append(["--shm-size", c.shm_size])
+    groups.append(["--network", c.network_mode])
+    for container_port, (host_ip, host_port) in c.ports.items():
+        groups.append(["--publish", f"{host_ip}:{host_port}:{container_port}"])
+    for cap in c.cap_add:
+        groups.append(["--cap-add", cap])
+    for name, limit in c.ulimits.items():
+        groups.append(["--ulimit", f"{name}={limit}"])
+    if c.gpus is not None:
+        groups.append(["--gpus", _gpus_flag(c.gpus)])
+    for source, vol in c.volumes.items():
+        groups.append(["--volume", f"{source}:{vol.bind}:{vol.mode}"])
+    for key, value in c.labels.items():
+        groups.append(["--label", f"{key}={value}"])
+    for key, value in spec.env.items():
+        groups.append(["--env", key if is_secret_name(key) else f"{key}={value}"])
+    for key in PASSTHROUGH_ENV:
+        if key not in spec.env:
+            groups.append(["--env", key])
+    groups.append(["--stop-timeout", str(_stop_timeout(spec))])
+    groups.append(["--entrypoint", spec.argv[0]])
+    groups.append([c.image, *spec.argv[1:]])
+    return groups
+
+
+def docker_run_argv(spec: LaunchSpec, *, detach: bool = False, remove: bool = True) -> list[str]:
+    """The ``docker run`` command as an argument list (what :func:`render_docker_run` quotes)."""
+    groups = _docker_run_groups(spec, detach=detach, remove=remove)
+    return [token for group in groups for token in group]
+
+
+def render_docker_run(spec: LaunchSpec) -> str:
+    """A copy-pasteable ``docker run`` command (one option per line) for a docker plan.
+
+    It runs in the foreground and removes the container on exit (``--rm``); add ``--detach``
+    to run it in the background.
+    """
+    groups = _docker_run_groups(spec, detach=False, remove=True)
+    lines = [shlex.join(groups[0])] + ["  " + shlex.join(group) for group in groups[1:]]
+    return " \\\n".join(lines) + "\n"
+
+
+def compose_dict(spec: LaunchSpec) -> dict[str, Any]:
+    """The Compose file as a mapping (what :func:`render_compose` dumps)."""
+    c = _container(spec)
+    service: dict[str, Any] = {
+        "image": c.image,
+        "container_name": c.name,
+        "init": c.init,
+    }
+    if c.ipc_mode:
+        service["ipc"] = c.ipc_mode
+    if c.shm_size:
+        service["shm_size"] = c.shm_size
+    service["network_mode"] = c.network_mode
+    if c.ports:
+        service["ports"] = [
+            f"{host_ip}:{host_port}:{container_port}"
+            for container_port, (host_ip, host_port) in c.ports.items()
+        ]
+    if c.cap_add:
+        service["cap_add"] = list(c.cap_add)
+    if c.ulimits:
+        service["ulimits"] = dict(c.ulimits)
+    named: list[str] = []
+    service["volumes"] = []
+    for source, vol in c.volumes.items():
+        service["volumes"].append(f"{source}:{vol.bind}:{vol.mode}")
+        if not source.startswith("/"):
+            named.append(source)
+    service["labels"] = dict(c.labels)
+    environment: dict[str, str | None] = {
+        key: (None if is_secret_name(key) else value) for key, value in spec.env.items()
+    }
+    for key in PASSTHROUGH_ENV:
+        environment.setdefault(key, None)
+    service["environment"] = environment
+    service["entrypoint"] = list(spec.argv)
+    service["stop_grace_period"] = f"{_stop_timeout(spec)}s"
+    if c.gpus is not None:
+        device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}
+        if isinstance(c.gpus, list):
+            device["device_ids"] = [str(i) for i in c.gpus]
+        else:
+            device["count"] = c.gpus
+        service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
+    doc: dict[str, Any] = {"services": {spec.engine: service}}
+    if named:
+        # ``name`` keeps the volume shared across projects (no project-name prefix).
+        doc["volumes"] = {name: {"name": name} for name in named}
+    return doc
+
+
+def render_compose(spec: LaunchSpec) -> str:
+    """A Docker Compose file for a docker plan (Compose Specification, no ``version`` key)."""
+    header = (
+        f"# harness plan {spec.run_id}: {spec.engine} TP={spec.tp}, profiles "
+        f"{','.join(spec.profiles)}\n"
+        f"# run: docker compose -f FILE up   (or Debian's docker-compose -f FILE up)\n"
+        f"# health: {spec.health_url}\n"
+    )
+    body = yaml.safe_dump(compose_dict(spec), sort_keys=False, default_flow_style=False, width=1000)
+    return header + body
