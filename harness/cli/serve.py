@@ -18,7 +18,13 @@ from harness.engines import get_adapter
 from harness.errors import EngineNotInstalled, StartupFailed
 from harness.rundir import RunDir, list_runs, open_run, runs_root
 from harness.runtime.base import ServerHandle
-from harness.runtime.local import LocalRuntime, local_run_alive, stop_local_run, tail_lines
+from harness.runtime.local import (
+    LocalRuntime,
+    check_port_free,
+    local_run_alive,
+    stop_local_run,
+    tail_lines,
+)
 from harness.runtime.startup import StartupResult, wait_until_healthy
 from harness.spec import LaunchSpec
 
@@ -163,6 +169,8 @@ def serve(
     for warning in spec.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
     check_engine_installed(spec)
+    # Both runtimes listen on this host's port (host network or a published port).
+    check_port_free(spec.host, spec.port)
     run = RunDir(runs_root(runs_dir) / spec.run_id).create()
     run.launch_spec.write_text(spec.to_json())
     console.print(f"run [bold]{spec.run_id}[/] → {run.path}")
