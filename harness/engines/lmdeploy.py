@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from harness.engines.base import LaunchRequest, StartupPhase, flags_to_argv, phase
 
 
 class LMDeployAdapter:
     name = "lmdeploy"
-    managed_flags = {
-        "--server-name": "--host",
-        "--server-port": "--port",
-        "--tp": "--tp",
-        "--model-name": "the model name harness derives",
-    }
+    managed_flags: Mapping[str, str] = MappingProxyType(
+        {
+            "--server-name": "--host",
+            "--server-port": "--port",
+            "--tp": "--tp",
+            "--model-name": "the model name harness derives",
+        }
+    )
     startup_phases: tuple[StartupPhase, ...] = (
         phase("loading weights", r"loading weights|load model|Loading checkpoint"),
         phase("KV cache", r"cache block|kv cache|num_gpu_blocks|max_batch_size"),

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from harness.engines.base import LaunchRequest, StartupPhase, flags_to_argv, phase
 
 
 class SimAdapter:
     name = "sim"
-    managed_flags = {
-        "--host": "--host",
-        "--port": "--port",
-        "--tp": "--tp",
-        "--model-name": "--model",
-        "--fault": "--fault",
-    }
+    managed_flags: Mapping[str, str] = MappingProxyType(
+        {
+            "--host": "--host",
+            "--port": "--port",
+            "--tp": "--tp",
+            "--model-name": "--model",
+            "--fault": "--fault",
+        }
+    )
     startup_phases: tuple[StartupPhase, ...] = (
         phase("loading weights", r"Loading weights"),
         phase("starting workers", r"Worker_TP\d|worker"),

@@ -7,21 +7,32 @@ the official images, whose entrypoint harness replaces.
 
 from __future__ import annotations
 
-from harness.engines.base import LaunchRequest, StartupPhase, cpu_thread_binding, flags_to_argv, phase
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from harness.engines.base import (
+    LaunchRequest,
+    StartupPhase,
+    cpu_thread_binding,
+    flags_to_argv,
+    phase,
+)
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
 
 class VLLMAdapter:
     name = "vllm"
-    managed_flags = {
-        "--model": "the positional MODEL / --model option",
-        "--host": "--host",
-        "--port": "--port",
-        "--tensor-parallel-size": "--tp",
-        "-tp": "--tp",
-        "--served-model-name": "the model name harness derives",
-    }
+    managed_flags: Mapping[str, str] = MappingProxyType(
+        {
+            "--model": "the positional MODEL / --model option",
+            "--host": "--host",
+            "--port": "--port",
+            "--tensor-parallel-size": "--tp",
+            "-tp": "--tp",
+            "--served-model-name": "the model name harness derives",
+        }
+    )
     # Matched against server.log lines, in order; the most advanced match of a line wins.
     startup_phases: tuple[StartupPhase, ...] = (
         phase("resolving model", r"Resolved architecture"),
@@ -29,7 +40,10 @@ class VLLMAdapter:
         phase("starting workers", r"world_size=\d+ rank=\d+|Worker_TP\d"),
         phase("loading weights", r"Starting to load model|Loading safetensors checkpoint"),
         phase("weights loaded", r"Loading weights took|Model loading took"),
-        phase("compile / graph capture", r"Compiling a graph|torch\.compile takes|Capturing CUDA graph"),
+        phase(
+            "compile / graph capture",
+            r"Compiling a graph|torch\.compile takes|Capturing CUDA graph",
+        ),
         phase("KV cache", r"KV cache size|num_gpu_blocks|GiB for KV cache"),
         phase("warmed up", r"init engine \(profile, create kv cache, warmup model\) took"),
         phase("starting API server", r"Starting vLLM (API )?server"),

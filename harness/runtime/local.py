@@ -45,17 +45,17 @@ def check_port_free(host: str, port: int) -> None:
             holder = _port_holder(port)
             raise PortInUse(
                 f"port {port} on {host} is already in use{holder}",
-                hint=f"pick another with --port, or stop an old run: harness down --all",
+                hint="pick another with --port, or stop an old run: harness down --all",
             ) from None
 
 
 def _port_holder(port: int) -> str:
     try:
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid:
-                    name = psutil.Process(conn.pid).name()
-                    return f" (by pid {conn.pid}, {name})"
+            listening = conn.status == psutil.CONN_LISTEN
+            if listening and getattr(conn.laddr, "port", None) == port and conn.pid:
+                name = psutil.Process(conn.pid).name()
+                return f" (by pid {conn.pid}, {name})"
     except (psutil.Error, OSError):
         pass
     return ""
@@ -88,16 +88,18 @@ def refused_rlimits(limits: dict[str, int]) -> list[str]:
             continue
         _, hard = resource.getrlimit(which)
         want = resource.RLIM_INFINITY if value < 0 else value
-        if hard != resource.RLIM_INFINITY and (want == resource.RLIM_INFINITY or want > hard):
-            if not is_root:
-                out.append(f"ulimit {name}={value} exceeds this host's hard limit {hard}")
+        too_high = want == resource.RLIM_INFINITY or want > hard
+        if hard != resource.RLIM_INFINITY and too_high and not is_root:
+            out.append(f"ulimit {name}={value} exceeds this host's hard limit {hard}")
     return out
 
 
 class LocalHandle:
     """A server started by :class:`LocalRuntime`."""
 
-    def __init__(self, spec: LaunchSpec, run: RunDir, proc: subprocess.Popen[bytes], log: IO[bytes]):
+    def __init__(
+        self, spec: LaunchSpec, run: RunDir, proc: subprocess.Popen[bytes], log: IO[bytes]
+    ):
         self.spec = spec
         self.run = run
         self._proc = proc

@@ -15,7 +15,9 @@ from tests.conftest import free_port, have_module, require
 def harness(*args: str, runs: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -58,7 +60,9 @@ def test_unknown_key(tmp_path: Path, model: Path) -> None:
 
 
 def test_tp_zero(tmp_path: Path, model: Path) -> None:
-    assert_one_line_error(harness("plan", "--model", str(model), "--tp", "0", runs=tmp_path), 2, "--tp")
+    assert_one_line_error(
+        harness("plan", "--model", str(model), "--tp", "0", runs=tmp_path), 2, "--tp"
+    )
 
 
 def test_missing_model_path(tmp_path: Path) -> None:
@@ -89,8 +93,19 @@ def test_plan_json_has_contract_keys(tmp_path: Path, model: Path) -> None:
     proc = harness("plan", "--model", str(model), "--tp", "2", "--profile", "debug", runs=tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    for key in ("engine", "model", "tp", "profiles", "runtime", "argv", "env", "container",
-                "health_url", "base_url", "deadlines"):
+    for key in (
+        "engine",
+        "model",
+        "tp",
+        "profiles",
+        "runtime",
+        "argv",
+        "env",
+        "container",
+        "health_url",
+        "base_url",
+        "deadlines",
+    ):
         assert key in data
     assert data["profiles"] == ["default", "debug"]
     assert "--tensor-parallel-size" in data["argv"] and "--enforce-eager" in data["argv"]

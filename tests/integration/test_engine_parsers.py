@@ -14,7 +14,9 @@ from tests.conftest import REPO, have_module, require
 
 HOSTS = {
     "cpu": HostFacts(device="cpu", cpu_count=2, python="python3", iface="lo", host_ip="127.0.0.1"),
-    "cuda": HostFacts(device="cuda", cpu_count=16, gpu_count=2, python="python3", iface="lo", host_ip="127.0.0.1"),
+    "cuda": HostFacts(
+        device="cuda", cpu_count=16, gpu_count=2, python="python3", iface="lo", host_ip="127.0.0.1"
+    ),
 }
 CASES = [(tp, profile, host) for tp in (1, 2) for profile in available_profiles() for host in HOSTS]
 
@@ -22,8 +24,13 @@ CASES = [(tp, profile, host) for tp in (1, 2) for profile in available_profiles(
 def plan_argv(engine: str, tp: int, profile: str, host: str) -> list[str]:
     spec = make_plan(
         PlanRequest(
-            engine=engine, model="/models/tiny", run_id="r", runs_root="/runs", tp=tp,
-            profiles=("default", profile), model_is_local_dir=True,
+            engine=engine,
+            model="/models/tiny",
+            run_id="r",
+            runs_root="/runs",
+            tp=tp,
+            profiles=("default", profile),
+            model_is_local_dir=True,
             engine_args=("--max-model-len 1024",) if engine == "vllm" else ("--session-len 1024",),
         ),
         HOSTS[host],
@@ -86,8 +93,11 @@ def test_lmdeploy_parser_accepts_plan() -> None:
     argvs = [plan_argv("lmdeploy", tp, profile, "cuda")[1:] for tp, profile in lmd_cases]
     argvs.append(["serve", "api_server", "/m", "--no-such-flag"])
     proc = subprocess.run(
-        [str(python), "-c", LMDEPLOY_PARSE], input=json.dumps(argvs), capture_output=True,
-        text=True, timeout=300,
+        [str(python), "-c", LMDEPLOY_PARSE],
+        input=json.dumps(argvs),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -105,6 +115,8 @@ def test_lmdeploy_parser_accepts_plan() -> None:
 def test_lmdeploy_help_works() -> None:
     exe = REPO / ".venv-lmdeploy-cli" / "bin" / "lmdeploy"
     require(exe.exists(), "LMDeploy CLI environment (make install-lmdeploy-cli)")
-    proc = subprocess.run([str(exe), "serve", "api_server", "--help"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(exe), "serve", "api_server", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0
     assert "--tp" in proc.stdout

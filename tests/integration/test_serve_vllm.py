@@ -3,6 +3,7 @@ answers a chat completion and a streamed completion; Ctrl-C / `harness down` lea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,8 +56,13 @@ def chat_and_stream(base: str, model: str) -> None:
     with httpx.stream(
         "POST",
         f"{base}/v1/completions",
-        json={"model": model, "prompt": "the model", "max_tokens": 12, "stream": True,
-              "ignore_eos": True},
+        json={
+            "model": model,
+            "prompt": "the model",
+            "max_tokens": 12,
+            "stream": True,
+            "ignore_eos": True,
+        },
         timeout=60,
     ) as response:
         assert response.status_code == 200
@@ -78,10 +84,8 @@ def tree(pid: int) -> list[psutil.Process]:
 
 def kill_tree(procs: list[psutil.Process]) -> None:
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
 
 
 @pytest.fixture
@@ -93,9 +97,20 @@ def model(tiny_model_dir: Path) -> Iterator[Path]:
 def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
     port = free_port()
     out = subprocess.run(
-        harness_cmd(runs_dir, "serve", "--model", str(model), "--profile", "eager",
-                    "--port", str(port), "--detach"),
-        capture_output=True, text=True, timeout=420,
+        harness_cmd(
+            runs_dir,
+            "serve",
+            "--model",
+            str(model),
+            "--profile",
+            "eager",
+            "--port",
+            str(port),
+            "--detach",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     run = next(runs_dir.iterdir())
     state = json.loads((run / "state.json").read_text())
@@ -109,8 +124,9 @@ def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
         assert (run / "server.log").stat().st_size > 0
         ps = subprocess.run(harness_cmd(runs_dir, "ps"), capture_output=True, text=True, timeout=60)
         assert run.name[:15] in ps.stdout
-        down = subprocess.run(harness_cmd(runs_dir, "down", run.name), capture_output=True,
-                              text=True, timeout=120)
+        down = subprocess.run(
+            harness_cmd(runs_dir, "down", run.name), capture_output=True, text=True, timeout=120
+        )
         assert down.returncode == 0 and f"stopped {run.name}" in down.stdout
         _, alive = psutil.wait_procs(procs, timeout=30)
         assert not alive, f"left running: {alive}"
@@ -121,9 +137,21 @@ def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
 def test_tp2_foreground_then_ctrl_c(model: Path, runs_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        harness_cmd(runs_dir, "serve", "--model", str(model), "--tp", "2", "--profile", "eager",
-                    "--port", str(port), "--no-watch"),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        harness_cmd(
+            runs_dir,
+            "serve",
+            "--model",
+            str(model),
+            "--tp",
+            "2",
+            "--profile",
+            "eager",
+            "--port",
+            str(port),
+            "--no-watch",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     server: list[psutil.Process] = []
     try:
@@ -149,9 +177,23 @@ def test_tp2_foreground_then_ctrl_c(model: Path, runs_dir: Path) -> None:
 def test_startup_deadline_stops_the_group(model: Path, runs_dir: Path) -> None:
     port = free_port()
     proc = subprocess.run(
-        harness_cmd(runs_dir, "serve", "--model", str(model), "--profile", "eager",
-                    "--port", str(port), "--startup-timeout", "4", "--on-hang", "stop"),
-        capture_output=True, text=True, timeout=180,
+        harness_cmd(
+            runs_dir,
+            "serve",
+            "--model",
+            str(model),
+            "--profile",
+            "eager",
+            "--port",
+            str(port),
+            "--startup-timeout",
+            "4",
+            "--on-hang",
+            "stop",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     run = next(runs_dir.iterdir())
     state = json.loads((run / "state.json").read_text())
@@ -160,7 +202,10 @@ def test_startup_deadline_stops_the_group(model: Path, runs_dir: Path) -> None:
         assert "not healthy after" in proc.stderr and "startup deadline" in proc.stderr
         assert "Traceback" not in proc.stderr
         assert state["status"] == "stopped"
-        assert not psutil.pid_exists(state["pid"]) or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+        assert (
+            not psutil.pid_exists(state["pid"])
+            or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
+        )
         # Nothing of the group may survive.
         leftovers = [p for p in psutil.process_iter() if _pgid(p.pid) == state["pid"]]
         assert not leftovers

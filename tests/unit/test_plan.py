@@ -148,5 +148,16 @@ def test_spec_roundtrips_through_json() -> None:
     again = LaunchSpec.from_json(spec.to_json())
     assert again == spec
     keys = set(spec.to_dict())
-    assert {"engine", "model", "tp", "profiles", "runtime", "argv", "env", "container",
-            "health_url", "base_url", "deadlines"} <= keys
+    assert {
+        "engine",
+        "model",
+        "tp",
+        "profiles",
+        "runtime",
+        "argv",
+        "env",
+        "container",
+        "health_url",
+        "base_url",
+        "deadlines",
+    } <= keys

@@ -7,7 +7,14 @@ import pytest
 from harness.errors import ProfileError
 from harness.profiles import available_profiles, compose, load_profile, parse_profile
 
-VARS = {"run_dir": "/runs/r1", "iface": "eth0", "host_ip": "10.0.0.2", "model": "m", "tp": "2", "port": "8000"}
+VARS = {
+    "run_dir": "/runs/r1",
+    "iface": "eth0",
+    "host_ip": "10.0.0.2",
+    "model": "m",
+    "tp": "2",
+    "port": "8000",
+}
 
 
 def test_shipped_profiles_all_parse() -> None:
