@@ -1,0 +1,688 @@
+"""The Docker runtime: a LaunchSpec's server as one container (the only module importing docker).
+
+:class:`DockerRuntime` creates the container exactly as the plan's
+:class:`~harness.spec.ContainerSpec` says (IPC, shm size, network, GPUs as device requests,
+capabilities, ulimits, mounts, labels, init process; never privileged), starts it, and follows
+its log stream into ``runs/<run-id>/server.log``. The returned :class:`DockerHandle` reports
+HOST pids of the container's processes, so py-spy and /proc work from the host unchanged.
+
+When the host refuses a setting (a ulimit above the daemon's hard limit is the usual one) the
+half-created container is removed and :class:`~harness.errors.DockerProblem` names the setting,
+the host's limit and the profile key to change.
+
+:func:`docker_ps` and :func:`docker_down` find harness containers by their labels, so they also
+find containers whose harness process was killed (orphans).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import docker
+import psutil
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.types import DeviceRequest, Ulimit
+
+from harness.containerplan import (
+    LABEL_ENGINE,
+    LABEL_RUN_DIR,
+    LABEL_RUN_ID,
+    LABEL_TP,
+)
+from harness.errors import BadInput, DockerProblem
+from harness.render import PASSTHROUGH_ENV
+from harness.rundir import RunDir
+from harness.spec import ContainerSpec, LaunchSpec
+
+#: Labels the runtime adds at creation (not part of the plan): who started the container, so
+#: ``docker_ps`` can tell orphans, and the stop grace ``docker_down`` should give it.
+LABEL_OWNER_PID = "harness.owner_pid"
+LABEL_OWNER_HOST = "harness.owner_host"
+LABEL_STOP_GRACE = "harness.stop_grace_s"
+
+#: Seconds any single Docker API call may take (stop/wait add their own grace on top).
+API_TIMEOUT_S = 60.0
+
+# Linux RLIMIT_* numbers as runc reports them ("error setting rlimit type 8").
+_RLIMIT_BY_NUMBER = {
+    0: "cpu",
+    1: "fsize",
+    2: "data",
+    3: "stack",
+    4: "core",
+    5: "rss",
+    6: "nproc",
+    7: "nofile",
+    8: "memlock",
+    9: "as",
+    10: "locks",
+    11: "sigpending",
+    12: "msgqueue",
+    13: "nice",
+    14: "rtprio",
+    15: "rttime",
+}
+# Row titles of /proc/<pid>/limits.
+_LIMITS_ROW = {
+    "cpu": "Max cpu time",
+    "fsize": "Max file size",
+    "data": "Max data size",
+    "stack": "Max stack size",
+    "core": "Max core file size",
+    "rss": "Max resident set",
+    "nproc": "Max processes",
+    "nofile": "Max open files",
+    "memlock": "Max locked memory",
+    "locks": "Max file locks",
+    "sigpending": "Max pending signals",
+    "msgqueue": "Max msgqueue size",
+    "nice": "Max nice priority",
+    "rtprio": "Max realtime priority",
+    "rttime": "Max realtime timeout",
+}
+_ULIMIT_SHELL_FLAG = {"memlock": "-l", "nofile": "-n", "stack": "-s", "core": "-c", "nproc": "-u"}
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _explain(exc: BaseException) -> str:
+    if isinstance(exc, APIError):
+        return _one_line(str(exc.explanation or exc))
+    return _one_line(str(exc))
+
+
+def docker_client(timeout_s: float = API_TIMEOUT_S) -> docker.DockerClient:
+    """A client for the Docker engine of the environment (``DOCKER_HOST`` or the local socket);
+    :class:`DockerProblem` with what to do when it cannot be reached."""
+    where = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        client = docker.from_env(timeout=math.ceil(timeout_s))
+        client.ping()
+    except (DockerException, requests.RequestException, OSError) as exc:
+        reason = _explain(exc)
+        if "Permission denied" in reason:
+            hint = "add yourself to the docker group (sudo usermod -aG docker $USER) or use sudo"
+        else:
+            hint = (
+                "start the engine (sudo systemctl start docker, or `sudo dockerd &`); install it "
+                "with `sudo apt-get install docker.io`; scripts/ci/docker.sh does both"
+            )
+        raise DockerProblem(
+            f"cannot reach the Docker engine at {where}: {reason}", hint=hint
+        ) from None
+    return client
+
+
+# ---------------------------------------------------------------------------------------------
+# Host limits (for explaining a refused ulimit)
+
+
+def parse_proc_limits(text: str) -> dict[str, tuple[int, int]]:
+    """``/proc/<pid>/limits`` -> ``{name: (soft, hard)}`` with -1 for unlimited."""
+    out: dict[str, tuple[int, int]] = {}
+    rows = {title: name for name, title in _LIMITS_ROW.items()}
+    for line in text.splitlines()[1:]:
+        for title, name in rows.items():
+            if line.startswith(title):
+                fields = line[len(title) :].split()
+                if len(fields) >= 2:
+                    soft, hard = (-1 if f == "unlimited" else int(f) for f in fields[:2])
+                    out[name] = (soft, hard)
+    return out
+
+
+def _dockerd_pid() -> int | None:
+    for proc in psutil.process_iter(["name"]):
+        if proc.info.get("name") == "dockerd":
+            return int(proc.pid)
+    return None
+
+
+def host_limits() -> tuple[dict[str, tuple[int, int]], str]:
+    """The limits containers inherit: those of a local dockerd if readable, else this
+    process's. Returns the limits and where they were read."""
+    candidates: list[tuple[str, str]] = []
+    pid = _dockerd_pid()
+    if pid is not None:
+        candidates.append((f"/proc/{pid}/limits", f"dockerd's, /proc/{pid}/limits"))
+    candidates.append(("/proc/self/limits", "/proc/self/limits"))
+    for path, label in candidates:
+        try:
+            return parse_proc_limits(Path(path).read_text()), label
+        except OSError:
+            continue
+    return {}, "unknown"
+
+
+def _fmt_limit(value: int) -> str:
+    return "unlimited" if value < 0 else str(value)
+
+
+def refused_ulimit(
+    message: str,
+    requested: Mapping[str, int],
+    limits: Mapping[str, tuple[int, int]],
+) -> str | None:
+    """Which requested ulimit a Docker start error is about (``None`` if it is not about one)."""
+    if "rlimit" not in message.lower():
+        return None
+    match = re.search(r"rlimit type (\d+)", message)
+    if match:
+        name = _RLIMIT_BY_NUMBER.get(int(match.group(1)))
+        if name in requested:
+            return name
+    for name, value in requested.items():
+        hard = limits.get(name, (-1, -1))[1]
+        if hard >= 0 and (value < 0 or value > hard):
+            return name
+    return next(iter(requested), None)
+
+
+def ulimit_problem(
+    name: str, value: int, limits: Mapping[str, tuple[int, int]], source: str
+) -> DockerProblem:
+    """The one-line error for a ulimit the host refused."""
+    hard = limits.get(name, (None, None))[1]
+    host = (
+        f"this host's hard limit is {_fmt_limit(hard)} ({source})"
+        if hard is not None
+        else ("this host's limit is lower")
+    )
+    fit = f"to {hard} or less" if hard is not None and hard >= 0 else "lower"
+    flag = _ULIMIT_SHELL_FLAG.get(name, "")
+    return DockerProblem(
+        f"Docker refused ulimit {name}={_fmt_limit(value)}: {host}",
+        hint=(
+            f"set container.ulimits.{name} {fit} in your profile or drop it; or raise the limit "
+            f"dockerd runs with (Limit{name.upper()}= in docker.service"
+            + (f", `ulimit {flag}` before starting dockerd" if flag else "")
+            + ")"
+        ),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Creating the container
+
+
+def _device_requests(gpus: str | int | list[int] | None) -> list[DeviceRequest]:
+    if gpus is None:
+        return []
+    if isinstance(gpus, list):
+        return [DeviceRequest(device_ids=[str(i) for i in gpus], capabilities=[["gpu"]])]
+    count = -1 if gpus == "all" else int(gpus)
+    return [DeviceRequest(count=count, capabilities=[["gpu"]])]
+
+
+def create_kwargs(
+    spec: LaunchSpec, *, caller_env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of ``client.containers.create`` for a docker plan (no I/O)."""
+    c = _require_container(spec)
+    env = dict(spec.env)
+    for name in PASSTHROUGH_ENV:
+        value = (caller_env or {}).get(name)
+        if value and name not in env:
+            env[name] = value
+    labels = {
+        **c.labels,
+        LABEL_OWNER_PID: str(os.getpid()),
+        LABEL_OWNER_HOST: os.uname().nodename,
+        LABEL_STOP_GRACE: str(spec.deadlines.stop_grace_s),
+    }
+    kwargs: dict[str, Any] = {
+        "image": c.image,
+        "name": c.name,
+        "entrypoint": [spec.argv[0]],
+        "command": list(spec.argv[1:]),
+        "environment": env,
+        "labels": labels,
+        "init": c.init,
+        "privileged": False,
+        "ipc_mode": c.ipc_mode,
+        "network_mode": c.network_mode,
+        "cap_add": list(c.cap_add) or None,
+        "ulimits": [Ulimit(name=k, soft=v, hard=v) for k, v in c.ulimits.items()] or None,
+        "volumes": {src: {"bind": v.bind, "mode": v.mode} for src, v in c.volumes.items()},
+        "device_requests": _device_requests(c.gpus) or None,
+        "stop_signal": "SIGTERM",
+        "detach": True,
+    }
+    if c.shm_size:
+        kwargs["shm_size"] = c.shm_size
+    if c.ports:
+        kwargs["ports"] = {port: (ip, host_port) for port, (ip, host_port) in c.ports.items()}
+    return kwargs
+
+
+def _require_container(spec: LaunchSpec) -> ContainerSpec:
+    if spec.container is None:
+        raise BadInput("this plan has no container; plan it with --runtime docker")
+    return spec.container
+
+
+# ---------------------------------------------------------------------------------------------
+# Logs
+
+
+class _LogStream(Protocol):
+    def __iter__(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
+
+
+class LogFollower:
+    """Copies a container's output into ``server.log`` as it comes (a daemon thread).
+
+    :meth:`stop` closes the stream so the thread ends even while the container is silent, and
+    waits at most its deadline."""
+
+    def __init__(self, container: Container, path: Path) -> None:
+        self._container = container
+        self._path = path
+        self._stream: _LogStream | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"docker-logs-{container.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        with open(self._path, "ab", buffering=0) as out:
+            try:
+                stream: _LogStream = self._container.logs(
+                    stream=True, follow=True, stdout=True, stderr=True
+                )
+                with self._lock:
+                    if self._stopping:
+                        stream.close()
+                        return
+                    self._stream = stream
+                for chunk in stream:
+                    out.write(chunk)
+            except Exception as exc:  # the daemon went away, the container was removed, ...
+                if not self._stopping:
+                    out.write(f"[harness] log stream ended: {_explain(exc)}\n".encode())
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop following (idempotent); returns within ``timeout_s``."""
+        with self._lock:
+            self._stopping = True
+            stream = self._stream
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+        self._thread.join(timeout_s)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+# ---------------------------------------------------------------------------------------------
+# The handle
+
+
+class DockerHandle:
+    """A started server container. Implements :class:`harness.runtime.base.ServerHandle`."""
+
+    def __init__(
+        self,
+        spec: LaunchSpec,
+        run: RunDir,
+        container: Container,
+        follower: LogFollower | None,
+    ) -> None:
+        self.spec = spec
+        self.run = run
+        self.container = container
+        self.name: str = str(container.name)
+        self.id: str = str(container.id)
+        self._follower = follower
+        self._exit_code: int | None = None
+        self._removed = False
+        self._init_pid: int | None = None
+        self._lock = threading.Lock()
+
+    # -- pids -------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any] | None:
+        try:
+            self.container.reload()
+        except NotFound:
+            self._removed = True
+            return None
+        except (APIError, requests.RequestException):
+            return None
+        state = self.container.attrs.get("State", {})
+        return state if isinstance(state, dict) else None
+
+    def container_pid(self) -> int | None:
+        """Host PID of the container's PID 1 (``docker-init`` when the plan asks for init)."""
+        if self._init_pid is None:
+            state = self._state()
+            pid = int(state.get("Pid") or 0) if state else 0
+            if pid > 0:
+                self._init_pid = pid
+        return self._init_pid
+
+    def _top_pids(self) -> list[int]:
+        """Host pids from ``docker top`` (used when /proc of the daemon's namespace is not ours)."""
+        try:
+            top = self.container.top()
+        except (APIError, NotFound, requests.RequestException):
+            return []
+        titles = [str(t).upper() for t in top.get("Titles") or []]
+        if "PID" not in titles:
+            return []
+        col = titles.index("PID")
+        return [int(row[col]) for row in top.get("Processes") or [] if str(row[col]).isdigit()]
+
+    def root_pid(self) -> int | None:
+        """Host PID of the engine's main process: PID 1's child when an init process runs."""
+        pid = self.container_pid()
+        if pid is None:
+            return None
+        if not _require_container(self.spec).init:
+            return pid
+        try:
+            children = psutil.Process(pid).children()
+        except psutil.Error:
+            tops = self._top_pids()
+            return tops[1] if len(tops) > 1 else None
+        return children[0].pid if children else None
+
+    def pids(self) -> list[int]:
+        """Host PIDs of the server's processes: the engine's main process, then descendants
+        (the init process itself is left out)."""
+        root = self.root_pid()
+        if root is None:
+            return []
+        try:
+            proc = psutil.Process(root)
+            return [root, *(p.pid for p in proc.children(recursive=True))]
+        except psutil.Error:
+            init = self.container_pid()
+            return [p for p in self._top_pids() if p != init]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def poll(self) -> int | None:
+        """The container's exit code once it has exited (``-1`` if it vanished), else None."""
+        if self._exit_code is not None:
+            return self._exit_code
+        state = self._state()
+        if state is None:
+            if self._removed:
+                self._exit_code = -1
+            return self._exit_code
+        if state.get("Status") in {"exited", "dead"}:
+            self._exit_code = int(state.get("ExitCode", -1))
+        return self._exit_code
+
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """SIGTERM (Docker forwards it through the init process), SIGKILL after ``grace_s``
+        (default: the plan's stop grace), then remove the container. Safe to call twice."""
+        with self._lock:
+            grace = self.spec.deadlines.stop_grace_s if grace_s is None else grace_s
+            if not self._removed:
+                code = _stop_and_remove(self.container, grace)
+                if self._exit_code is None:
+                    self._exit_code = code
+                self._removed = True
+            if self._follower is not None:
+                self._follower.stop(timeout_s=5.0)
+            return self._exit_code
+
+    def describe(self) -> str:
+        """``container NAME (ID) image IMAGE, host pid N``."""
+        c = _require_container(self.spec)
+        root = self.root_pid() if not self._removed else None
+        pid = f", host pid {root}" if root else ""
+        return f"container {self.name} ({self.id[:12]}) image {c.image}{pid}"
+
+
+def _stop_and_remove(container: Container, grace_s: float) -> int | None:
+    """Stop with escalation and remove; the exit code when known. Never raises for a container
+    that is already gone."""
+    code: int | None = None
+    try:
+        # Docker sends SIGTERM, waits ``timeout`` seconds, then SIGKILLs the whole container;
+        # the HTTP timeout of this call is the client's plus ``timeout``.
+        container.stop(timeout=max(0, math.ceil(grace_s)))
+    except NotFound:
+        return None
+    except (APIError, requests.RequestException):
+        with contextlib.suppress(APIError, NotFound, requests.RequestException):
+            container.kill()
+    try:
+        result = container.wait(timeout=10)
+        code = int(result.get("StatusCode", -1))
+    except NotFound:
+        return None
+    except (APIError, requests.RequestException):
+        code = None
+    try:
+        container.remove(force=True, v=True)
+    except NotFound:
+        pass
+    except (APIError, requests.RequestException) as exc:
+        raise DockerProblem(
+            f"could not remove container {container.name}: {_explain(exc)}"
+        ) from None
+    return code
+
+
+class DockerRuntime:
+    """Starts a LaunchSpec planned with ``--runtime docker`` as a container."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        caller_env: Mapping[str, str] | None = None,
+        follow_logs: bool = True,
+    ) -> None:
+        self._client = client
+        self._caller_env = dict(os.environ if caller_env is None else caller_env)
+        self._follow_logs = follow_logs
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    def start(self, spec: LaunchSpec, run: RunDir) -> DockerHandle:
+        """Create and start the container and begin copying its output to ``server.log``.
+        Returns at once (the caller waits for health). Raises :class:`DockerProblem` when Docker
+        is unreachable, the image is missing or the host refuses a setting; no container is
+        left behind then."""
+        c = _require_container(spec)
+        client = self.client
+        run.create()
+        _ensure_image(client, c.image)
+        kwargs = create_kwargs(spec, caller_env=self._caller_env)
+        try:
+            container = client.containers.create(**kwargs)
+        except APIError as exc:
+            raise _create_problem(exc, c) from None
+        except requests.RequestException as exc:
+            raise DockerProblem(f"creating container {c.name} failed: {_explain(exc)}") from None
+        try:
+            container.start()
+        except BaseException as exc:
+            _remove_quietly(container)
+            if isinstance(exc, APIError):
+                raise _start_problem(exc, c) from None
+            if isinstance(exc, requests.RequestException):
+                raise DockerProblem(
+                    f"starting container {c.name} failed: {_explain(exc)}"
+                ) from None
+            raise
+        follower: LogFollower | None = None
+        if self._follow_logs:
+            follower = LogFollower(container, run.server_log)
+            follower.start()
+        handle = DockerHandle(spec, run, container, follower)
+        run.write_state(
+            runtime="docker",
+            container_id=handle.id,
+            container_name=handle.name,
+            image=c.image,
+            container_pid=handle.container_pid(),
+        )
+        return handle
+
+
+def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        if image.startswith("harness-"):
+            hint = "build it with `make images` (scripts/build-images.sh), or pass --image IMAGE"
+        else:
+            hint = f"pull it with `docker pull {image}`, or pass --image IMAGE"
+        raise DockerProblem(f"image {image} is not on this Docker host", hint=hint) from None
+    except (APIError, requests.RequestException) as exc:
+        raise DockerProblem(f"cannot inspect image {image}: {_explain(exc)}") from None
+
+
+def _remove_quietly(container: Container) -> None:
+    with contextlib.suppress(APIError, NotFound, requests.RequestException):
+        container.remove(force=True, v=True)
+
+
+def _create_problem(exc: APIError, c: ContainerSpec) -> DockerProblem:
+    reason = _explain(exc)
+    if exc.status_code == 409:
+        return DockerProblem(
+            f"a container named {c.name} already exists",
+            hint=f"remove it with `harness down {c.labels.get(LABEL_RUN_ID, '')}` "
+            f"or `docker rm -f {c.name}`",
+        )
+    if "could not select device driver" in reason or "nvidia" in reason.lower():
+        return DockerProblem(
+            f"Docker cannot give the container GPUs ({reason})",
+            hint="install the NVIDIA Container Toolkit and restart dockerd, or plan on the CPU",
+        )
+    return DockerProblem(f"Docker refused to create container {c.name}: {reason}")
+
+
+def _start_problem(exc: APIError, c: ContainerSpec) -> DockerProblem:
+    reason = _explain(exc)
+    limits, source = host_limits()
+    name = refused_ulimit(reason, c.ulimits, limits)
+    if name is not None:
+        return ulimit_problem(name, c.ulimits[name], limits, source)
+    if "could not select device driver" in reason:
+        return DockerProblem(
+            f"Docker cannot give the container GPUs ({reason})",
+            hint="install the NVIDIA Container Toolkit and restart dockerd, or plan on the CPU",
+        )
+    if "address already in use" in reason:
+        return DockerProblem(
+            f"port of container {c.name} is already in use: {reason}",
+            hint="pick another --port",
+        )
+    return DockerProblem(f"Docker could not start container {c.name}: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# ps / down
+
+
+def _label_filter(run_id: str | None) -> dict[str, Any]:
+    return {"label": [f"{LABEL_RUN_ID}={run_id}" if run_id else LABEL_RUN_ID]}
+
+
+def _owner_alive(labels: Mapping[str, str]) -> bool | None:
+    """Whether the harness process that started the container still runs (None: unknown)."""
+    pid = labels.get(LABEL_OWNER_PID, "")
+    if not pid.isdigit() or labels.get(LABEL_OWNER_HOST) != os.uname().nodename:
+        return None
+    return psutil.pid_exists(int(pid))
+
+
+def docker_ps(client: docker.DockerClient | None = None) -> list[dict[str, Any]]:
+    """Every harness container (running or not), found by label, oldest first.
+
+    Keys: ``run_id``, ``name``, ``id``, ``status``, ``engine``, ``tp``, ``image``, ``run_dir``,
+    ``created``, ``orphan`` (True when the harness process that started it is gone; None when
+    that cannot be told, e.g. it was started by ``docker run`` or on another host)."""
+    client = client or docker_client()
+    try:
+        containers = client.containers.list(all=True, filters=_label_filter(None))
+    except (APIError, requests.RequestException) as exc:
+        raise DockerProblem(f"cannot list containers: {_explain(exc)}") from None
+    rows: list[dict[str, Any]] = []
+    for container in containers:
+        attrs = container.attrs
+        labels: dict[str, str] = dict(attrs.get("Config", {}).get("Labels") or {})
+        alive = _owner_alive(labels)
+        tp = labels.get(LABEL_TP, "")
+        rows.append(
+            {
+                "run_id": labels.get(LABEL_RUN_ID, ""),
+                "name": str(container.name),
+                "id": str(container.id)[:12],
+                "status": str(attrs.get("State", {}).get("Status") or container.status),
+                "engine": labels.get(LABEL_ENGINE, ""),
+                "tp": int(tp) if tp.isdigit() else None,
+                "image": str(attrs.get("Config", {}).get("Image", "")),
+                "run_dir": labels.get(LABEL_RUN_DIR),
+                "created": str(attrs.get("Created", "")),
+                "orphan": None if alive is None else not alive,
+            }
+        )
+    rows.sort(key=lambda row: row["created"])
+    return rows
+
+
+def docker_down(
+    run_id: str | None = None,
+    *,
+    all_runs: bool = False,
+    grace_s: float | None = None,
+    client: docker.DockerClient | None = None,
+) -> list[str]:
+    """Stop (SIGTERM, then SIGKILL after the grace) and remove harness containers: the one of
+    ``run_id``, or all of them with ``all_runs``. Returns the names removed. Containers are
+    stopped in parallel so ``down --all`` takes one grace period, not one per container."""
+    if not run_id and not all_runs:
+        raise BadInput("name a run id, or use --all to stop every harness container")
+    client = client or docker_client()
+    try:
+        containers = client.containers.list(all=True, filters=_label_filter(run_id))
+    except (APIError, requests.RequestException) as exc:
+        raise DockerProblem(f"cannot list containers: {_explain(exc)}") from None
+
+    def down(container: Container) -> str:
+        labels = container.labels or {}
+        grace = grace_s
+        if grace is None:
+            try:
+                grace = float(labels.get(LABEL_STOP_GRACE, "10"))
+            except ValueError:
+                grace = 10.0
+        _stop_and_remove(container, grace)
+        return str(container.name)
+
+    if not containers:
+        return []
+    with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
+        names = list(pool.map(down, containers))
+    return sorted(names)

@@ -1,0 +1,344 @@
+"""The Docker runtime against the real Docker engine (a small HTTP server stands in for the
+engine here; tests/integration/test_docker_vllm.py runs vLLM itself).
+
+Every container is removed at teardown by its label, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from harness.containerplan import LABEL_RUN_ID, container_spec, engine_bind_host
+from harness.errors import DockerProblem
+from harness.profiles import ContainerOptions
+from harness.rundir import RunDir
+from harness.runtime.docker import DockerHandle, DockerRuntime, docker_down, docker_ps
+from harness.spec import LaunchSpec
+from tests.conftest import REPO, free_port, require
+from tests.integration.dockerutil import (
+    docker_or_skip,
+    image_or_skip,
+    labelled,
+    unique_run_ids,
+    wait_http,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+HARNESS = [sys.executable, "-m", "harness"]
+
+
+@pytest.fixture
+def client() -> Any:
+    return docker_or_skip()
+
+
+@pytest.fixture
+def image(client: Any) -> str:
+    return image_or_skip(client)
+
+
+@pytest.fixture
+def new_run_id(client: Any) -> Iterator[Callable[[str], str]]:
+    yield from unique_run_ids(client)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "llama"}\n')
+    return d
+
+
+def http_spec(
+    run_id: str,
+    runs_dir: Path,
+    model_dir: Path,
+    options: ContainerOptions,
+    image: str,
+    env: dict[str, str] | None = None,
+) -> LaunchSpec:
+    """A docker plan whose 'engine' is python's http.server serving the model directory."""
+    port = free_port()
+    run_dir = str(runs_dir / run_id)
+    c = container_spec(
+        engine="vllm",
+        device="cpu",
+        model=str(model_dir),
+        model_is_local_dir=True,
+        tp=2,
+        run_id=run_id,
+        run_dir=run_dir,
+        host="127.0.0.1",
+        port=port,
+        options=options,
+        image=image,
+        gpus=None,
+    )
+    bind = engine_bind_host(c.network_mode, "127.0.0.1")
+    argv = ["python3", "-u", "-m", "http.server", str(port), "--bind", bind,
+            "--directory", str(model_dir)]  # fmt: skip
+    return LaunchSpec(
+        run_id=run_id,
+        run_dir=run_dir,
+        engine="vllm",
+        model=str(model_dir),
+        tp=2,
+        profiles=["default", "debug"],
+        runtime="docker",
+        host="127.0.0.1",
+        port=port,
+        argv=argv,
+        env=env or {},
+        container=c,
+        health_url=f"http://127.0.0.1:{port}/config.json",
+        base_url=f"http://127.0.0.1:{port}",
+        served_model_name="model",
+        device="cpu",
+    )
+
+
+def start(spec: LaunchSpec) -> DockerHandle:
+    handle = DockerRuntime().start(spec, RunDir(Path(spec.run_dir)))
+    wait_http(
+        spec.health_url,
+        60,
+        alive=lambda: handle.poll() is None,
+        log=Path(spec.run_dir) / "server.log",
+    )
+    return handle
+
+
+def caps(inspect: dict[str, Any]) -> set[str]:
+    return {c.removeprefix("CAP_") for c in inspect["HostConfig"]["CapAdd"] or []}
+
+
+def test_container_has_the_planned_settings(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    run_id = new_run_id("settings")
+    options = ContainerOptions(
+        ipc_mode="host",
+        network_mode="host",
+        cap_add=["SYS_PTRACE"],
+        ulimits={"core": -1, "stack": 67108864},
+    )
+    spec = http_spec(
+        run_id, runs_dir, model_dir, options, image,
+        env={"CUDA_LAUNCH_BLOCKING": "1", "NCCL_DEBUG_FILE": f"{runs_dir / run_id}/nccl.%h.%p.log"},
+    )  # fmt: skip
+    handle = start(spec)
+    inspect = client.api.inspect_container(handle.id)
+    host = inspect["HostConfig"]
+    assert host["IpcMode"] == "host"
+    assert host["NetworkMode"] == "host"
+    assert caps(inspect) == {"SYS_PTRACE"}
+    assert host["Privileged"] is False
+    assert host["Init"] is True
+    assert {(u["Name"], u["Soft"], u["Hard"]) for u in host["Ulimits"]} == {
+        ("core", -1, -1),
+        ("stack", 67108864, 67108864),
+    }
+    assert "CUDA_LAUNCH_BLOCKING=1" in inspect["Config"]["Env"]
+    labels = inspect["Config"]["Labels"]
+    assert labels[LABEL_RUN_ID] == run_id
+    assert (labels["harness.engine"], labels["harness.tp"]) == ("vllm", "2")
+    mounts = {m["Destination"]: m for m in inspect["Mounts"]}
+    assert mounts[str(model_dir)]["Source"] == str(model_dir)
+    assert mounts[str(model_dir)]["RW"] is False
+    assert mounts[spec.run_dir]["RW"] is True
+    assert mounts["/root/.cache/vllm"]["Type"] == "volume"
+
+    # The model mount really is read-only; the run directory really is the host's.
+    denied = handle.container.exec_run(["touch", f"{model_dir}/x"])
+    assert denied.exit_code != 0
+    wrote = handle.container.exec_run(["sh", "-c", f"echo from-container > {spec.run_dir}/probe"])
+    assert wrote.exit_code == 0
+    assert (Path(spec.run_dir) / "probe").read_text() == "from-container\n"
+
+    # Host pids: the engine's main process is visible (and dumpable) from the host.
+    root = handle.root_pid()
+    assert root is not None and handle.pids()[0] == root
+    proc = psutil.Process(root)
+    assert "http.server" in proc.cmdline()
+    assert proc.rlimit(psutil.RLIMIT_CORE) == (psutil.RLIM_INFINITY, psutil.RLIM_INFINITY)
+    assert handle.container_pid() not in handle.pids()  # the init process is not the server
+    assert handle.name in handle.describe()
+
+    # Output streams into server.log.
+    httpx.get(f"{spec.base_url}/config.json", timeout=5)
+    log = Path(spec.run_dir) / "server.log"
+    deadline = time.monotonic() + 10
+    while "GET /config.json" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Serving HTTP" in log.read_text()
+    assert "GET /config.json" in log.read_text()
+
+    assert handle.poll() is None
+    code = handle.stop(grace_s=5)
+    assert code is not None
+    assert handle.stop() == code  # twice is fine
+    assert handle.poll() == code
+    assert labelled(client, run_id) == []
+
+
+def test_private_ipc_with_shm_and_bridge_published_on_loopback(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    run_id = new_run_id("bridge")
+    options = ContainerOptions(ipc_mode="private", shm_size="1g", network_mode="bridge")
+    spec = http_spec(run_id, runs_dir, model_dir, options, image)
+    handle = start(spec)
+    inspect = client.api.inspect_container(handle.id)
+    host = inspect["HostConfig"]
+    assert host["IpcMode"] == "private"
+    assert host["ShmSize"] == 1024**3
+    assert host["NetworkMode"] == "bridge"
+    assert host["PortBindings"] == {
+        f"{spec.port}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(spec.port)}]
+    }
+    assert caps(inspect) == set()
+    shm = handle.container.exec_run(["df", "-B1", "--output=size", "/dev/shm"])
+    assert shm.output.decode().split()[-1] == str(1024**3)
+    handle.stop(grace_s=2)
+    assert labelled(client, run_id) == []
+
+
+@pytest.mark.parametrize(
+    ("ulimits", "setting"),
+    [({"memlock": -1}, "memlock=unlimited"), ({"nofile": 30000}, "nofile=30000")],
+)
+def test_refused_ulimit_is_one_line_and_leaves_no_container(
+    client: Any,
+    image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
+    ulimits: dict[str, int],
+    setting: str,
+) -> None:
+    name = next(iter(ulimits))
+    limit = psutil.Process().rlimit(getattr(psutil, f"RLIMIT_{name.upper()}"))[1]
+    value = ulimits[name]
+    require(
+        limit != psutil.RLIM_INFINITY and (value == -1 or value > limit),
+        f"a host that refuses ulimit {setting} (hard limit here: {limit})",
+    )
+    run_id = new_run_id("ulimit")
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(ulimits=ulimits), image)
+    with pytest.raises(DockerProblem) as info:
+        DockerRuntime().start(spec, RunDir(Path(spec.run_dir)))
+    message = info.value.message
+    assert "\n" not in message
+    assert f"Docker refused ulimit {setting}" in message
+    assert "hard limit" in message
+    assert f"container.ulimits.{name}" in (info.value.hint or "")
+    assert labelled(client, run_id) == []
+
+
+def test_refused_ulimit_through_the_cli(
+    client: Any, image: str, new_run_id: Callable[[str], str], tmp_path: Path
+) -> None:
+    require(
+        psutil.Process().rlimit(psutil.RLIMIT_MEMLOCK)[1] != psutil.RLIM_INFINITY,
+        "a host that refuses ulimit memlock=-1",
+    )
+    profile = tmp_path / "memlock.yaml"
+    profile.write_text("container:\n  ulimits:\n    memlock: -1\n")
+    runs = tmp_path / "runs"
+    before = {c.id for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
+    result = subprocess.run(
+        [*HARNESS, "serve", "--engine", "sim", "--model", "sim-model", "--runtime", "docker",
+         "--image", image, "--profile", str(profile), "--port", str(free_port()),
+         "--runs-dir", str(runs), "--startup-timeout", "60"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+    assert lines[0].startswith("error: Docker refused ulimit memlock=unlimited")
+    assert "Traceback" not in result.stderr
+    after = {c.id for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
+    assert after <= before  # nothing left behind
+
+
+ORPHAN_MAKER = textwrap.dedent(
+    """
+    import pathlib, sys, time
+    from harness.rundir import RunDir
+    from harness.runtime.docker import DockerRuntime
+    from harness.spec import LaunchSpec
+    spec = LaunchSpec.from_json(pathlib.Path(sys.argv[1]).read_text())
+    DockerRuntime().start(spec, RunDir(pathlib.Path(spec.run_dir)))
+    print("started", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_orphan_of_a_killed_harness_is_found_and_removed(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    run_id = new_run_id("orphan")
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
+    spec_file = runs_dir / "spec.json"
+    spec_file.write_text(spec.to_json())
+    owner = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_MAKER, str(spec_file)],
+        stdout=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "started"
+        wait_http(spec.health_url, 60)
+        rows = [r for r in docker_ps() if r["run_id"] == run_id]
+        assert len(rows) == 1 and rows[0]["orphan"] is False
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait(timeout=10)
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    (row,) = [r for r in docker_ps() if r["run_id"] == run_id]
+    assert row["status"] == "running"
+    assert row["orphan"] is True
+    assert row["name"] == spec.container.name if spec.container else False
+    assert (row["engine"], row["tp"], row["image"]) == ("vllm", 2, image)
+
+    result = subprocess.run(
+        [*HARNESS, "down", run_id, "--runs-dir", str(runs_dir)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert labelled(client, run_id) == []
+
+
+def test_down_all_leaves_no_labelled_container(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    foreign = [c.name for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})]
+    require(not foreign, f"no other harness containers on this engine (found {foreign})")
+    names = []
+    for kind in ("a", "b"):
+        spec = http_spec(new_run_id(kind), runs_dir, model_dir, ContainerOptions(), image)
+        # Not waited for or stopped by the test: `down --all` must handle it.
+        DockerRuntime(follow_logs=False).start(spec, RunDir(Path(spec.run_dir)))
+        names.append(spec.container.name if spec.container else "")
+    result = subprocess.run(
+        [*HARNESS, "down", "--all", "--runs-dir", str(runs_dir)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert client.containers.list(all=True, filters={"label": LABEL_RUN_ID}) == []
+    assert docker_down(all_runs=True) == []
