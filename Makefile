@@ -14,7 +14,8 @@ TINY     := .cache/tiny-model
 MODEL    ?= $(TINY)
 TP       ?= 1
 ENGINE   ?= vllm
-PROFILE  ?= eager
+# Eager mode on the CPU backend (about 40 s to healthy instead of about 100 s); production-like on GPUs.
+PROFILE  ?= $(if $(shell command -v nvidia-smi 2>/dev/null),default,eager)
 RUNTIME  ?= local
 PORT     ?= 8000
 SERVE_ARGS ?=
