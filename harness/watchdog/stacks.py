@@ -1,0 +1,204 @@
+"""Reading ``py-spy dump`` text (pure): threads, frames, and where a process waits.
+
+A dump looks like::
+
+    Process 6621: VLLM::Worker_TP0
+    Python v3.11.7 (/usr/bin/python3.11)
+
+    Thread 6621 (idle): "MainThread"
+        all_reduce (vllm/distributed/device_communicators/cpu_communicator.py:111)
+        ...
+
+Frames are innermost first. ``--native`` adds C/C++ frames such as ``poll (libc.so.6)``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_THREAD = re.compile(
+    r'^Thread (?P<tid>0x[0-9a-fA-F]+|\d+) \((?P<status>[^)]*)\)(?:: "(?P<name>.*)")?'
+)
+_FRAME = re.compile(r"^\s+(?P<func>.+?) \((?P<where>[^()]*)\)\s*$")
+
+# Collective communication calls (torch.distributed, vLLM's communicators, NCCL/gloo wrappers).
+COLLECTIVES = frozenset(
+    {
+        "all_reduce",
+        "all_gather",
+        "all_gather_into_tensor",
+        "all_gather_object",
+        "reduce_scatter",
+        "reduce_scatter_tensor",
+        "all_to_all",
+        "all_to_all_single",
+        "broadcast",
+        "broadcast_object",
+        "broadcast_object_list",
+        "broadcast_tensor_dict",
+        "barrier",
+        "monitored_barrier",
+        "gather",
+        "gather_object",
+        "scatter",
+        "reduce",
+        "send",
+        "recv",
+        "isend",
+        "irecv",
+        "batch_isend_irecv",
+        "send_object",
+        "recv_object",
+        "tensor_model_parallel_all_reduce",
+        "tensor_model_parallel_all_gather",
+    }
+)
+
+# ``send``/``recv``/``gather`` are common names: a collective only counts inside communication code.
+_COMM_PATH = re.compile(r"distributed|c10d|comm|nccl|gloo|parallel|collective", re.IGNORECASE)
+
+# Engine-level waits: the executor waiting on its workers, a worker waiting for work.
+RPC_WAITS = frozenset({"collective_rpc", "execute_model", "sample_tokens", "get_response"})
+# Most telling first: a worker idles in ``dequeue``, which polls inside.
+QUEUE_WAITS = ("dequeue", "acquire_read", "recv_bytes", "get", "wait", "select", "poll")
+EVENT_LOOP = frozenset({"run_forever", "run_until_complete"})
+
+
+@dataclass(frozen=True)
+class Frame:
+    func: str
+    where: str
+
+    @property
+    def is_python(self) -> bool:
+        """A Python source frame (``file.py:12``, ``<string>:3``, ``<frozen runpy>:88``)."""
+        path = self.where.rsplit(":", 1)[0]
+        return path.endswith(".py") or path.startswith("<")
+
+    @property
+    def tokens(self) -> list[str]:
+        """The dotted parts of the qualified name, without ``<locals>``."""
+        return [t for t in self.func.split(".") if t and t != "<locals>"]
+
+    def __str__(self) -> str:
+        return f"{self.func} ({self.where})"
+
+
+@dataclass
+class Thread:
+    tid: str
+    status: str
+    name: str
+    frames: list[Frame] = field(default_factory=list)
+
+    @property
+    def python_frames(self) -> list[Frame]:
+        return [f for f in self.frames if f.is_python]
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Where a process waits: ``label`` for the headline, ``frame`` for the details."""
+
+    label: str
+    frame: str
+    thread: str
+    category: str  # collective | rpc | queue | event-loop | other
+
+    def __str__(self) -> str:
+        return self.label
+
+
+def parse_dump(text: str) -> list[Thread]:
+    """The threads of one ``py-spy dump`` (empty when the text holds no dump)."""
+    threads: list[Thread] = []
+    current: Thread | None = None
+    for line in text.splitlines():
+        m = _THREAD.match(line)
+        if m:
+            current = Thread(m["tid"], m["status"], m["name"] or "")
+            threads.append(current)
+            continue
+        if current is None:
+            continue
+        fm = _FRAME.match(line)
+        if fm and line.startswith((" ", "\t")):
+            current.frames.append(Frame(fm["func"].strip(), fm["where"].strip()))
+        elif line.strip() and not line.startswith((" ", "\t")):
+            current = None
+    return threads
+
+
+def _category(frame: Frame) -> tuple[int, int, str] | None:
+    """(category rank, rank inside the category, label) of a frame, or None."""
+    tokens = frame.tokens
+    if _COMM_PATH.search(frame.where):
+        for tok in reversed(tokens):
+            if tok in COLLECTIVES:
+                return 0, 0, tok
+    if "collective_rpc" in tokens:
+        return 1, 0, "collective_rpc"
+    for tok in reversed(tokens):
+        if tok in RPC_WAITS:
+            return 1, 1, tok
+    for tok in reversed(tokens):
+        if tok in EVENT_LOOP:
+            return 3, 0, "the event loop"
+    if frame.where.startswith("asyncio/runners.py") or "/asyncio/runners.py" in frame.where:
+        return 3, 0, "the event loop"
+    for tok in reversed(tokens):
+        if tok in QUEUE_WAITS:
+            return 2, QUEUE_WAITS.index(tok), tok
+    return None
+
+
+_CATEGORY_NAMES = {0: "collective", 1: "rpc", 2: "queue", 3: "event-loop"}
+
+
+def thread_wait(thread: Thread) -> Wait | None:
+    """Where one thread waits: the most telling Python frame, innermost on ties."""
+    frames = thread.python_frames
+    if not frames:
+        return None
+    best: tuple[int, int, int, str, Frame] | None = None
+    for depth, frame in enumerate(frames):
+        cat = _category(frame)
+        if cat is None:
+            continue
+        rank, sub, label = cat
+        if best is None or (rank, sub) < (best[0], best[1]):
+            best = (rank, sub, depth, label, frame)
+    if best is None:
+        inner = frames[0]
+        name = inner.tokens[-1] if inner.tokens else inner.func
+        return Wait(name, str(inner), thread.name or thread.tid, "other")
+    rank, _, _, label, frame = best
+    return Wait(label, str(frame), thread.name or thread.tid, _CATEGORY_NAMES[rank])
+
+
+def main_thread(threads: list[Thread]) -> Thread | None:
+    for t in threads:
+        if t.name == "MainThread":
+            return t
+    return threads[0] if threads else None
+
+
+def process_wait(threads: list[Thread]) -> Wait | None:
+    """Where a process waits: its main thread, unless another thread sits in a collective."""
+    main = main_thread(threads)
+    main_wait = thread_wait(main) if main else None
+    if main_wait is not None and main_wait.category == "collective":
+        return main_wait
+    for t in threads:
+        w = thread_wait(t)
+        if w is not None and w.category == "collective":
+            return w
+    return main_wait
+
+
+def signature(threads: list[Thread]) -> tuple[tuple[str, ...], ...]:
+    """Comparable shape of a dump: each thread's Python frames (to tell stuck from slow)."""
+    return tuple(
+        tuple(str(f) for f in t.python_frames) for t in sorted(threads, key=lambda t: t.tid)
+    )
