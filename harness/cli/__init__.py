@@ -24,6 +24,8 @@ _COMMANDS: list[tuple[str, str]] = [
     ("serve", "ps"),
     ("serve", "down"),
     ("tiny_model", "tiny_model"),
+    ("watch", "watch"),
+    ("dump", "dump"),
     ("load", "load"),
     ("sim", "sim"),
 ]

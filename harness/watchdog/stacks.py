@@ -15,6 +15,7 @@ Frames are innermost first. ``--native`` adds C/C++ frames such as ``poll (libc.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 
 _THREAD = re.compile(
@@ -172,9 +173,28 @@ def thread_wait(thread: Thread) -> Wait | None:
     if best is None:
         inner = frames[0]
         name = inner.tokens[-1] if inner.tokens else inner.func
-        return Wait(name, str(inner), thread.name or thread.tid, "other")
-    rank, _, _, label, frame = best
+        return Wait(_with_caller(frames, 0, name), str(inner), thread.name or thread.tid, "other")
+    rank, _, depth, label, frame = best
+    if rank == 2:
+        label = _with_caller(frames, depth, label)
     return Wait(label, str(frame), thread.name or thread.tid, _CATEGORY_NAMES[rank])
+
+
+def is_stdlib(frame: Frame) -> bool:
+    """A frame in Python's standard library (py-spy prints ``threading.py:327``)."""
+    path = frame.where.rsplit(":", 1)[0]
+    top = path.split("/", 1)[0].removesuffix(".py")
+    return path.startswith("<") or top in sys.stdlib_module_names
+
+
+def _with_caller(frames: list[Frame], depth: int, label: str) -> str:
+    """``Event.wait`` says little: name the first caller outside the standard library."""
+    if not is_stdlib(frames[depth]):
+        return label
+    for frame in frames[depth + 1 :]:
+        if not is_stdlib(frame) and frame.tokens:
+            return f"{frame.tokens[-1]} ({label})"
+    return label
 
 
 def main_thread(threads: list[Thread]) -> Thread | None:

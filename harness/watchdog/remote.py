@@ -1,0 +1,330 @@
+"""Capture across nodes: ``harness dump --hosts h1,h2`` and ``--slurm-job ID``.
+
+The seeds' recipe, automated: one small POSIX ``sh`` script runs on every node (over ssh, pdsh
+when installed, or ``srun --jobid ID --overlap --gres=gpu:0``); it prints the node name, the
+process list and two ``py-spy dump --native`` rounds of every matching process, each dump with
+its own ``timeout`` and a ``--nonblocking`` fallback. The outputs are parsed and merged into one
+bundle whose every process line names its node. Building the commands and parsing the output
+are pure functions (unit-tested); only :func:`run_remote` and :func:`capture_remote` do I/O.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import datetime as dt
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import BadInput, EnvironmentProblem
+from harness.watchdog import stacks as st
+from harness.watchdog.redact import Redactor
+from harness.watchdog.rules import Verdict
+from harness.watchdog.summary import (
+    ProcessReport,
+    odd_one_out,
+    processes_table,
+    render_summary,
+    role_name,
+    where_line,
+)
+
+# Processes worth a stack on a node: Python interpreters, vLLM's renamed processes, launchers.
+DEFAULT_MATCH = r"python|VLLM::|torchrun|lmdeploy|deepspeed|accelerate"
+MARK = "#harness-"
+
+_SCRIPT = r"""PYSPY={py_spy}
+echo "{mark}host $(hostname)"
+echo "{mark}ps"
+ps -eo pid=,ppid=,stat=,pcpu=,nlwp=,args= | grep -v -e '{mark}' -e 'grep -v -e'
+PIDS=$(ps -u "$(id -u)" -o pid=,args= | grep -E -e {match} | grep -v -e '{mark}' -e 'grep -E' \
+  | awk '{{print $1}}')
+echo "{mark}pids $PIDS"
+TMP=$(mktemp -d)
+r=1
+while [ $r -le {rounds} ]; do
+  for p in $PIDS; do
+    ( timeout {timeout} "$PYSPY" dump --native --pid "$p" > "$TMP/$p.$r" 2>&1 \
+      || timeout {timeout} "$PYSPY" dump --nonblocking --pid "$p" > "$TMP/$p.$r" 2>&1 \
+      || echo "py-spy failed (exit $?)" >> "$TMP/$p.$r" ) &
+  done
+  wait
+  [ $r -lt {rounds} ] && sleep {gap}
+  r=$((r + 1))
+done
+for p in $PIDS; do
+  r=1
+  while [ $r -le {rounds} ]; do
+    echo "{mark}stack $p $r"
+    cat "$TMP/$p.$r" 2>/dev/null
+    r=$((r + 1))
+  done
+done
+rm -rf "$TMP"
+echo "{mark}end"
+"""
+
+
+def remote_script(
+    *, match: str = DEFAULT_MATCH, py_spy: str = "py-spy", rounds: int = 2, gap_s: float = 2.0,
+    timeout_s: float = 10.0,
+) -> str:
+    """The ``sh`` script every node runs (prints markers ``#harness-...`` between sections)."""
+    return _SCRIPT.format(
+        py_spy=shlex.quote(py_spy), match=shlex.quote(match), rounds=int(rounds),
+        gap=f"{gap_s:g}", timeout=f"{timeout_s:g}", mark=MARK,
+    )
+
+
+def ssh_command(host: str, script: str, *, connect_timeout_s: int = 10) -> list[str]:
+    """``ssh`` argv running ``script`` with ``sh`` on ``host`` (no prompts: BatchMode)."""
+    return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s}",
+            "-o", "StrictHostKeyChecking=accept-new", host, "sh -c " + shlex.quote(script)]
+
+
+def pdsh_command(hosts: Sequence[str], script: str) -> list[str]:
+    """``pdsh`` argv (run with ``PDSH_RCMD_TYPE=ssh``): every output line is ``host: line``."""
+    return ["pdsh", "-S", "-w", ",".join(hosts), "sh -c " + shlex.quote(script)]
+
+
+def srun_command(job_id: str, script: str, *, nodes: int | None = None) -> list[str]:
+    """``srun`` argv that joins job ``job_id`` without waiting for its GPUs (the seeds' flags).
+
+    ``--overlap`` shares the job's resources, ``--gres=gpu:0`` keeps the step from waiting for
+    the training step's GPUs, ``--label`` prefixes each line with the task number.
+    """
+    if not re.fullmatch(r"[0-9]+(_[0-9]+)?(\.[0-9]+)?", job_id):
+        raise BadInput(f"not a Slurm job id: {job_id!r}")
+    argv = ["srun", f"--jobid={job_id}", "--overlap", "--gres=gpu:0", "--ntasks-per-node=1",
+            "--label", "--kill-on-bad-exit=0"]
+    if nodes:
+        argv.append(f"--nodes={nodes}")
+    return [*argv, "sh", "-c", script]
+
+
+def split_prefixed(text: str) -> dict[str, str]:
+    """pdsh (``host: line``) or ``srun --label`` (``3: line``) output, per prefix."""
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        prefix, sep, rest = line.partition(": ")
+        if not sep or " " in prefix.strip():
+            continue
+        out.setdefault(prefix.strip(), []).append(rest)
+    return {k: "\n".join(v) + "\n" for k, v in out.items()}
+
+
+@dataclass
+class NodeProc:
+    pid: int
+    ppid: int
+    state: str
+    cpu: float
+    threads: int
+    args: str
+
+
+@dataclass
+class NodeDump:
+    """What one node's script printed."""
+
+    host: str
+    procs: dict[int, NodeProc] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    stacks: dict[int, list[str]] = field(default_factory=dict)
+    complete: bool = False
+    error: str | None = None
+
+
+def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
+    """Parse one node's script output (sections between ``#harness-`` markers)."""
+    node = NodeDump(fallback_host)
+    section = ""
+    current: tuple[int, int] | None = None
+    buf: list[str] = []
+
+    def flush() -> None:
+        if current is not None:
+            node.stacks.setdefault(current[0], []).append("\n".join(buf).strip("\n") + "\n")
+
+    for line in text.splitlines():
+        if line.startswith(MARK):
+            flush()
+            current, buf = None, []
+            word, _, rest = line[len(MARK):].partition(" ")
+            section = word
+            if word == "host":
+                node.host = rest.strip() or fallback_host
+            elif word == "pids":
+                node.pids = [int(p) for p in rest.split() if p.isdigit()]
+            elif word == "stack":
+                parts = rest.split()
+                if parts and parts[0].isdigit():
+                    current = (int(parts[0]), int(parts[1]) if len(parts) > 1 else 1)
+            elif word == "end":
+                node.complete = True
+            continue
+        if section == "ps":
+            cols = line.split(None, 5)
+            if len(cols) >= 5 and cols[0].isdigit():
+                try:
+                    proc = NodeProc(int(cols[0]), int(cols[1]), cols[2][:1],
+                                    float(cols[3]), int(cols[4]), cols[5] if len(cols) > 5 else "")
+                except ValueError:
+                    continue
+                node.procs[proc.pid] = proc
+        elif current is not None:
+            buf.append(line)
+    flush()
+    return node
+
+
+def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
+    """Process reports (host set) and stack files (``stacks/<host>-<pid>.txt``) of one node."""
+    reports: list[ProcessReport] = []
+    files: dict[str, str] = {}
+    for pid in node.pids:
+        info = node.procs.get(pid)
+        args = info.args if info else ""
+        argv = args.split()
+        rep = ProcessReport(
+            pid=pid, role=role_name(argv[0] if argv else "?", argv),
+            state=info.state if info else "?",
+            cpu_percent=info.cpu if info else None, threads=info.threads if info else None,
+            cmdline=args, ppid=info.ppid if info else None, host=node.host,
+        )
+        dumps = node.stacks.get(pid, [])
+        parsed = [st.parse_dump(d) for d in dumps]
+        parsed = [p for p in parsed if p]
+        if parsed:
+            wait = st.process_wait(parsed[-1])
+            if wait is not None:
+                rep.wait, rep.wait_frame, rep.wait_category = wait.label, wait.frame, wait.category
+            if len(parsed) >= 2:
+                rep.moved = st.signature(parsed[0]) != st.signature(parsed[-1])
+        elif dumps:
+            rep.capture_error = dumps[-1].strip().splitlines()[-1][:200] if dumps[-1].strip() \
+                else "py-spy printed nothing"
+            if "Failed to find python version" in dumps[-1]:
+                rep.python = False
+        rel = f"stacks/{_safe(node.host)}-{pid}.txt"
+        files[rel] = "".join(
+            f"# node {node.host}, dump {i} of {len(dumps)}\n{d}\n" for i, d in enumerate(dumps, 1)
+        ) or f"# node {node.host}: no dump\n"
+        rep.stack_files = [rel]
+        reports.append(rep)
+    return reports, files
+
+
+def _safe(host: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", host)
+
+
+def run_remote(
+    *,
+    hosts: Sequence[str] = (),
+    slurm_job: str | None = None,
+    script: str,
+    timeout_s: float,
+) -> list[NodeDump]:
+    """Run ``script`` on every node and parse what came back (one NodeDump per node)."""
+    if slurm_job:
+        if shutil.which("srun") is None:
+            raise EnvironmentProblem("srun is not installed here",
+                                     hint="run harness dump --slurm-job on a Slurm login node")
+        nodes = _slurm_nodes(slurm_job)
+        out = _run(srun_command(slurm_job, script, nodes=nodes), timeout_s, None)
+        return [parse_node_output(text, f"task{k}") for k, text in split_prefixed(out).items()]
+    if not hosts:
+        raise BadInput("no hosts given")
+    if shutil.which("pdsh") is not None and len(hosts) > 1:
+        out = _run(pdsh_command(hosts, script), timeout_s, {"PDSH_RCMD_TYPE": "ssh"})
+        return [parse_node_output(text, host) for host, text in split_prefixed(out).items()]
+    if shutil.which("ssh") is None:
+        raise EnvironmentProblem("ssh is not installed here", hint="apt-get install openssh-client")
+    with cf.ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
+        futs = {pool.submit(_run, ssh_command(h, script), timeout_s, None): h for h in hosts}
+        nodes_out: list[NodeDump] = []
+        for fut in cf.as_completed(futs):
+            host = futs[fut]
+            text = fut.result()
+            node = parse_node_output(text, host)
+            if not node.complete:
+                tail = text.strip().splitlines()
+                node.error = tail[-1][:300] if tail else "no output"
+            nodes_out.append(node)
+    return sorted(nodes_out, key=lambda n: n.host)
+
+
+def _slurm_nodes(job_id: str) -> int | None:
+    if shutil.which("squeue") is None:
+        return None
+    out = _run(["squeue", "-h", "-j", job_id, "-o", "%D"], 30, None).strip()
+    return int(out.splitlines()[0]) if out and out.splitlines()[0].isdigit() else None
+
+
+def _run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None) -> str:
+    import os
+
+    try:
+        cp = subprocess.run(list(argv), capture_output=True, text=True, errors="replace",
+                            timeout=timeout_s, stdin=subprocess.DEVNULL,
+                            env={**os.environ, **env} if env else None)
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout if isinstance(exc.stdout, str) else ""
+        return out + f"\n(timed out after {timeout_s:g} s)\n"
+    except OSError as exc:
+        return f"{argv[0]}: {exc}\n"
+    return cp.stdout + cp.stderr
+
+
+def capture_remote(
+    out_dir: Path,
+    nodes: Sequence[NodeDump],
+    *,
+    verdict: Verdict | None = None,
+    redactor: Redactor | None = None,
+    started_at: float | None = None,
+) -> Path:
+    """Merge the nodes' dumps into one bundle in ``out_dir``; returns ``out_dir``."""
+    verdict = verdict or Verdict("manual", "manual", f"on-demand dump of {len(nodes)} node(s)")
+    redactor = redactor or Redactor()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reports: list[ProcessReport] = []
+    files: dict[str, str] = {}
+    notes: list[str] = []
+    for node in nodes:
+        r, f = node_reports(node)
+        reports += r
+        files.update(f)
+        if not node.complete:
+            notes.append(f"node {node.host}: incomplete output ({node.error or 'no end marker'})")
+        if not node.pids:
+            notes.append(f"node {node.host}: no matching process")
+    odd = odd_one_out(reports)
+    now = time.time()
+    files["processes.txt"] = processes_table(reports)
+    files["incident.json"] = json.dumps({
+        "kind": verdict.kind, "rule": verdict.rule, "detail": verdict.detail,
+        "detected_at": dt.datetime.fromtimestamp(started_at or now, dt.UTC).isoformat(),
+        "nodes": [n.host for n in nodes],
+        "odd_one_out": None if odd is None else {"pid": odd.pid, "process": odd.label,
+                                                  "reason": odd.reason},
+        "where": where_line(reports, odd),
+        "processes": [r.to_dict() for r in reports],
+        "notes": notes,
+    }, indent=2)
+    stamp = dt.datetime.fromtimestamp(started_at or now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    files["summary.md"] = render_summary(verdict=verdict, detected_at=stamp, processes=reports,
+                                         odd=odd, notes=notes,
+                                         files=sorted({*files, "summary.md"}))
+    for rel, text in files.items():
+        path = out_dir / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(redactor.text(text), encoding="utf-8")
+    return out_dir
