@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from harness.watchdog.rules import GpuSample, Verdict
+from harness.watchdog.summary import (
+    ProcessReport,
+    odd_one_out,
+    processes_table,
+    render_summary,
+    role_name,
+    where_line,
+)
+
+
+def test_role_names() -> None:
+    assert role_name("VLLM::Worker_TP", ["VLLM::Worker_TP1"]) == "Worker_TP1"
+    assert role_name("VLLM::EngineCore", ["VLLM::EngineCore"]) == "EngineCore"
+    api = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
+    assert role_name("python", api) == "APIServer"
+    env = {"RANK": "3", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"}
+    assert role_name("python", ["python", "-u", "train.py"], env) == "rank3"
+    assert role_name("python", ["python", "-m", "torch.distributed.run", "x.py"]) == "torchrun"
+    assert role_name("python3", ["python3", "-u", "/a/b/train.py"]) == "python3 train.py"
+    assert role_name("sh", ["/bin/sh", "-c", "x"]) == "sh"
+
+
+def _vllm(stopped: bool) -> list[ProcessReport]:
+    return [
+        ProcessReport(1, "APIServer", "S", 0.0, wait="the event loop", wait_category="event-loop"),
+        ProcessReport(2, "EngineCore", "S", 0.0, wait="collective_rpc", wait_category="rpc"),
+        ProcessReport(3, "Worker_TP0", "S", 1.0, wait="all_reduce", wait_category="collective"),
+        ProcessReport(4, "Worker_TP1", "T" if stopped else "S", 0.0, wait="all_reduce",
+                      wait_category="collective"),
+    ]
+
+
+def test_stopped_worker_is_the_odd_one_and_leads_the_line() -> None:
+    procs = _vllm(stopped=True)
+    odd = odd_one_out(procs)
+    assert odd is not None and odd.pid == 4 and "stopped (state T)" in odd.reason
+    line = where_line(procs, odd)
+    assert line.startswith("Worker_TP1 stopped (state T); ")
+    assert "Worker_TP0 waits in all_reduce" in line
+    assert "EngineCore waits in collective_rpc" in line
+
+
+def test_rank_outside_the_collective_is_the_odd_one() -> None:
+    procs = [
+        ProcessReport(10, "torchrun", "S", 0.0, wait="_invoke_run", wait_category="other"),
+        ProcessReport(11, "rank0", "S", 0.0, wait="all_reduce", wait_category="collective"),
+        ProcessReport(12, "rank1", "S", 0.0, wait="load_batch (wait)", wait_category="queue"),
+    ]
+    odd = odd_one_out(procs)
+    assert odd is not None and odd.pid == 12 and "all_reduce" in odd.reason
+
+
+def test_spinner_and_gpu_imbalance() -> None:
+    procs = [ProcessReport(1, "rank0", "R", 100.0), ProcessReport(2, "rank1", "S", 0.0),
+             ProcessReport(3, "rank2", "S", 1.0)]
+    odd = odd_one_out(procs)
+    assert odd is not None and odd.pid == 1 and "spins" in odd.reason
+    calm = [ProcessReport(1, "rank0", "S", 1.0), ProcessReport(2, "rank1", "S", 1.0)]
+    odd = odd_one_out(calm, [GpuSample(0, 100.0), GpuSample(1, 0.0)])
+    assert odd is not None and odd.label == "GPU 0"
+    assert odd_one_out(calm) is None
+
+
+def test_summary_first_lines_and_table() -> None:
+    procs = _vllm(stopped=True)
+    v = Verdict("engine-stall", "canary", "no token in 20 s")
+    text = render_summary(verdict=v, detected_at="2026-01-01 00:00:00 UTC", processes=procs,
+                          odd=odd_one_out(procs), files=["stacks/1.txt"])
+    first, second = text.splitlines()[:2]
+    assert first.startswith("engine-stall (canary) detected at 2026-01-01 00:00:00 UTC")
+    assert second.startswith("Worker_TP1 stopped (state T)")
+    assert "| Worker_TP1 | 4 | T (stopped)" in text
+    table = processes_table(procs)
+    assert table.splitlines()[0].startswith("PID")
+    multi = processes_table([ProcessReport(5, "rank0", "S", host="node-5")])
+    assert multi.splitlines()[1].startswith("node-5  5")
