@@ -1,0 +1,315 @@
+"""``harness load`` end to end against the simulator (a real server process)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.load.runner import LoadConfig, LoadRunner
+from harness.spec import LaunchSpec, LoadLimits
+from tests.integration.test_sim_server import sim
+
+pytestmark = pytest.mark.integration
+
+SUMMARY_KEYS = {"requests", "throughput", "rate", "latency_ms", "windows", "goodput"}
+
+
+def harness_load(runs: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run(runs: Path) -> Path:
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    return run
+
+
+def records(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / "requests.jsonl").read_text().splitlines()]
+
+
+def test_closed_loop_2000_requests(runs_dir: Path) -> None:
+    with sim("--ttft-ms", "0", "--itl-ms", "0") as (url, _):
+        res = harness_load(
+            runs_dir,
+            "--url",
+            url,
+            "--workload",
+            "chat-short",
+            "--prompt-tokens",
+            "32",
+            "--max-tokens",
+            "16",
+            "--concurrency",
+            "64",
+            "--requests",
+            "2000",
+        )
+    assert res.returncode == 0, res.stderr
+    run = only_run(runs_dir)
+    recs = records(run)
+    assert len(recs) == 2000
+    assert sorted(r["index"] for r in recs) == list(range(2000))
+    assert all(r["status"] == "ok" and r["output_tokens"] == 16 for r in recs)
+    assert all(r["prompt_tokens"] == 32 for r in recs)  # the sim counts words; so do we here
+    assert all(r["request_id"].startswith("chatcmpl-sim") for r in recs)
+    summary = json.loads((run / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["requests"] == {
+        "completed": 2000,
+        "failed": 0,
+        "stalled": 0,
+        "aborted": 0,
+        "sent": 2000,
+    }
+    for metric in ("ttft", "itl", "tpot", "e2e"):
+        assert set(summary["latency_ms"][metric]) == {"mean", "p50", "p90", "p99", "p999"}
+    assert summary["rate"]["requested"] is None
+    assert summary["rate"]["achieved"] == summary["throughput"]["requests_per_s"] > 0
+    assert summary["throughput"]["output_tokens_per_s"] == pytest.approx(
+        16 * summary["throughput"]["requests_per_s"], rel=1e-3
+    )
+    assert sum(w["completed"] for w in summary["windows"]) == 2000
+
+
+def test_stalled_requests_are_recorded_and_the_run_goes_on(runs_dir: Path) -> None:
+    with sim(
+        "--ttft-ms", "1", "--itl-ms", "2", "--seed", "5", "--fault", "stall:p=0.05,after=3"
+    ) as (url, _):
+        res = harness_load(
+            runs_dir,
+            "--url",
+            url,
+            "-w",
+            "chat-short",
+            "--max-tokens",
+            "8",
+            "-c",
+            "16",
+            "--duration",
+            "3",
+            "--stall-after",
+            "1",
+            "--fail-on-stall",
+        )
+    assert res.returncode == 1 and "stalled" in res.stderr  # --fail-on-stall
+    run = only_run(runs_dir)
+    recs = records(run)
+    stalled = [r for r in recs if r["status"] == "stalled"]
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert stalled and ok
+    for r in stalled:
+        assert r["error"] == "token_stall"  # ended by the stall clock, not by the deadline
+        assert r["output_tokens"] == 3 and r["last_token_at"] is not None
+        assert r["e2e_ms"] is None
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["requests"]["stalled"] == len(stalled)
+    assert (
+        summary["requests"]["completed"] + len(stalled) == summary["requests"]["sent"] == len(recs)
+    )
+    assert summary["run"]["stop_reason"] == "duration reached"
+
+
+@pytest.mark.parametrize("http", ["lean", "httpx", "aiohttp"])
+def test_transports_measure_the_same_things(runs_dir: Path, http: str) -> None:
+    if http == "aiohttp":
+        pytest.importorskip("httpx_aiohttp")
+    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+        res = harness_load(
+            runs_dir,
+            "--url",
+            url,
+            "--api",
+            "completions",
+            "--max-tokens",
+            "5",
+            "-c",
+            "4",
+            "-n",
+            "40",
+            "--http",
+            http,
+            "--seed",
+            "9",
+        )
+    assert res.returncode == 0, res.stderr
+    recs = records(only_run(runs_dir))
+    assert len(recs) == 40
+    assert all(
+        r["status"] == "ok" and r["output_tokens"] == 5 and len(r["itl_ms"]) == 4 for r in recs
+    )
+    assert all(r["ttft_ms"] > 0 and r["request_id"].startswith("cmpl-sim") for r in recs)
+
+
+def test_open_loop_rate_and_run_directory(runs_dir: Path) -> None:
+    with sim("--ttft-ms", "1", "--itl-ms", "1", "--model-name", "served") as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        run = runs_dir / "r1"
+        run.mkdir()
+        spec = LaunchSpec(
+            run_id="r1",
+            run_dir=str(run),
+            engine="sim",
+            model="served",
+            tp=1,
+            profiles=["vlm-safe"],
+            runtime="local",
+            host="127.0.0.1",
+            port=port,
+            argv=["x"],
+            env={},
+            health_url=url + "/health",
+            base_url=url,
+            served_model_name="served",
+            load=LoadLimits(max_image_pixels=50_000),
+        )
+        (run / "launch_spec.json").write_text(spec.to_json())
+        res = harness_load(
+            runs_dir,
+            "--run",
+            "r1",
+            "-w",
+            "vlm-mixed",
+            "--rate",
+            "20",
+            "--arrival",
+            "constant",
+            "-n",
+            "10",
+            "--max-tokens",
+            "4",
+        )
+    assert res.returncode == 0, res.stderr
+    recs = records(run)
+    assert len(recs) == 10 and all(r["status"] == "ok" for r in recs)
+    assert sorted(r["scheduled_s"] for r in recs) == pytest.approx([i / 20 for i in range(10)])
+    images = [img for r in recs for img in r["images"]]
+    assert images and all(i["width"] * i["height"] <= 50_000 for i in images)
+    assert any("requested" in i for i in images)  # large ones were scaled down
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["rate"]["requested"] == 20.0
+    assert (
+        summary["rate"]["achieved"] is not None
+        and summary["rate"]["send_lag_ms"]["p50"] is not None
+    )
+    assert summary["run"]["max_image_pixels"] == 50_000
+
+
+def test_error_budget_stops_the_run(runs_dir: Path) -> None:
+    with sim("--fault", "http-error:p=1,status=500") as (url, _):
+        res = harness_load(
+            runs_dir, "--url", url, "-c", "2", "--duration", "60", "--error-budget", "5"
+        )
+    assert res.returncode == 1 and "error budget" in res.stderr
+    recs = records(only_run(runs_dir))
+    assert all(
+        r["status"] == "failed" and r["error"] == "http_500:InternalServerError" for r in recs
+    )
+    assert 5 <= len(recs) <= 7
+
+
+def test_bad_input_and_unreachable_server(runs_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "w.yaml"
+    bad.write_text("api: chat\nmax_tokenz: 3\n")
+    res = harness_load(
+        runs_dir, "--url", "http://127.0.0.1:9", "-w", str(bad), "-c", "1", "-n", "1"
+    )
+    assert res.returncode == 2
+    assert f"{bad}:2: max_tokenz: unknown key" in res.stderr and "Traceback" not in res.stderr
+    res = harness_load(runs_dir, "-w", "chat-short", "-c", "1", "-n", "1")
+    assert res.returncode == 2 and "--url" in res.stderr
+    res = harness_load(runs_dir, "--url", "http://127.0.0.1:9", "-c", "1", "-n", "1")
+    assert res.returncode == 3 and "cannot reach" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ctrl_c_keeps_every_record_and_writes_the_summary(runs_dir: Path) -> None:
+    with sim("--ttft-ms", "1", "--itl-ms", "20") as (url, _):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "harness",
+                "load",
+                "--runs-dir",
+                str(runs_dir),
+                "--no-progress",
+                "--url",
+                url,
+                "-c",
+                "8",
+                "--duration",
+                "600",
+                "--max-tokens",
+                "50",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while not list(runs_dir.glob("*/requests.jsonl")) or not records(only_run(runs_dir)):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)
+    run = only_run(runs_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    recs = records(run)
+    assert summary["run"]["stop_reason"] == "interrupted"
+    assert summary["requests"]["sent"] == len(recs)
+    assert {r["status"] for r in recs} <= {"ok", "aborted"}
+    assert summary["requests"]["aborted"] >= 1
+
+
+def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def main(url: str) -> dict[str, Any]:
+        cfg = LoadConfig(
+            workload_name="chat-short", concurrency=3, requests=3, stall_after_s=30, max_tokens=10
+        )
+        runner = LoadRunner(
+            cfg, base_url=url, out_dir=tmp_path, progress=False, on_stall=seen.append
+        )
+        task = asyncio.create_task(runner.run())
+        while len(runner.inflight()) < 3 or any(f["tokens_so_far"] < 2 for f in runner.inflight()):
+            await asyncio.sleep(0.05)
+        inflight = runner.inflight()
+        assert {f["index"] for f in inflight} == {0, 1, 2}
+        assert all(f["body"]["messages"] and f["path"] == "/v1/chat/completions" for f in inflight)
+        assert all(f["last_token_at"] is not None for f in inflight)
+        runner.stop("test", hard=True)
+        return await task
+
+    with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
+        summary = asyncio.run(asyncio.wait_for(main(url), 120))
+    assert summary["requests"]["aborted"] == 3
+    assert httpx.URL(url).port  # the server stayed up
+
+
+def test_stall_callback(tmp_path: Path) -> None:
+    seen: list[dict[str, Any]] = []
+    cfg = LoadConfig(
+        workload_name="chat-short", concurrency=2, requests=2, stall_after_s=0.5, max_tokens=10
+    )
+    with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
+        runner = LoadRunner(
+            cfg, base_url=url, out_dir=tmp_path, progress=False, on_stall=seen.append
+        )
+        summary = asyncio.run(asyncio.wait_for(runner.run(), 120))
+    assert summary["requests"]["stalled"] == 2
+    assert sorted(r["index"] for r in seen) == [0, 1]

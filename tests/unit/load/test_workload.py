@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from harness.errors import WorkloadError
+from harness.load.workload import (
+    Fixed,
+    LogNormal,
+    Uniform,
+    available_workloads,
+    load_workload,
+    parse_workload,
+    read_prompt_file,
+    resolve_workload,
+)
+
+
+def test_shipped_workloads_parse() -> None:
+    names = available_workloads()
+    for required in ("chat-short", "long-context", "vlm-mixed"):
+        assert required in names
+    for name in names:
+        wl, path = load_workload(name)
+        assert path.suffix == ".yaml"
+    vlm, _ = load_workload("vlm-mixed")
+    assert vlm.images is not None
+    assert max(s.width * s.height for s in vlm.images.sizes) >= 4096 * 4096
+
+
+def test_bare_integer_is_fixed_length() -> None:
+    wl = parse_workload("max_tokens: 7\nprompt: {tokens: 9}\n")
+    assert wl.max_tokens == Fixed(value=7)
+    assert wl.prompt.tokens == Fixed(value=9)
+
+
+def test_unknown_key_names_file_line_and_valid_keys() -> None:
+    text = "api: chat\nprompt:\n  source: synthetic\n  tokenz: 5\n"
+    with pytest.raises(WorkloadError) as exc:
+        parse_workload(text, "w.yaml")
+    msg = exc.value.message
+    assert msg.startswith("w.yaml:4: prompt.tokenz: unknown key 'tokenz'")
+    assert "valid keys:" in msg and "tokens" in msg and "source" in msg
+    assert exc.value.exit_code == 2
+
+
+def test_bad_choice_lists_valid_ones() -> None:
+    with pytest.raises(WorkloadError) as exc:
+        parse_workload("stream: true\napi: grpc\n", "w.yaml")
+    assert exc.value.message.startswith("w.yaml:2: api:")
+    assert "'chat'" in exc.value.message and "'completions'" in exc.value.message
+
+
+def test_bad_distribution() -> None:
+    with pytest.raises(WorkloadError, match=r"w.yaml:2: .*dist must be one of: fixed, uniform"):
+        parse_workload("max_tokens:\n  dist: zipf\n  value: 3\n", "w.yaml")
+    with pytest.raises(WorkloadError, match="max .* is below min"):
+        parse_workload("max_tokens: {dist: uniform, min: 5, max: 2}\n", "w.yaml")
+    with pytest.raises(WorkloadError, match=r"unknown key 'mean'.*valid keys: dist, min, max"):
+        parse_workload("max_tokens: {dist: uniform, min: 1, max: 2, mean: 3}\n", "w.yaml")
+
+
+def test_yaml_syntax_error_has_line() -> None:
+    with pytest.raises(WorkloadError, match=r"w.yaml:2: invalid YAML"):
+        parse_workload("api: chat\n  bad: [\n", "w.yaml")
+
+
+def test_images_need_chat() -> None:
+    text = "api: completions\nimages:\n  sizes: [{width: 2, height: 2}]\n"
+    with pytest.raises(WorkloadError, match="images need api: chat"):
+        parse_workload(text, "w.yaml")
+
+
+def test_unknown_name_lists_workloads() -> None:
+    with pytest.raises(WorkloadError) as exc:
+        resolve_workload("nope")
+    assert "chat-short" in exc.value.message
+
+
+def test_length_distributions_sample_in_bounds() -> None:
+    rng = random.Random(0)
+    u = Uniform(dist="uniform", min=3, max=5)
+    assert {u.sample(rng) for _ in range(200)} == {3, 4, 5}
+    ln = LogNormal(dist="lognormal", median=50, sigma=1.0, min=10, max=80)
+    samples = [ln.sample(rng) for _ in range(500)]
+    assert min(samples) >= 10 and max(samples) <= 80
+
+
+def test_prompt_files(tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a b"}\n\n{"prompt": "c"}\n')
+    wl = parse_workload("prompt: {source: jsonl, path: p.jsonl}\n")
+    assert read_prompt_file(wl.prompt, tmp_path) == ["a b", "c"]
+    (tmp_path / "s.json").write_text(
+        '[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]},'
+        ' {"conversations": []}]'
+    )
+    wl = parse_workload("prompt: {source: sharegpt, path: s.json}\n")
+    assert read_prompt_file(wl.prompt, tmp_path) == ["hi"]
+    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n')
+    wl = parse_workload("prompt: {source: jsonl, path: bad.jsonl}\n")
+    with pytest.raises(WorkloadError, match=r"bad.jsonl:1: no string field 'prompt'"):
+        read_prompt_file(wl.prompt, tmp_path)
+    with pytest.raises(WorkloadError, match="needs prompt.path"):
+        parse_workload("prompt: {source: jsonl}\n")
