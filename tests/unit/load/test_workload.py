@@ -23,7 +23,7 @@ def test_shipped_workloads_parse() -> None:
     for required in ("chat-short", "long-context", "vlm-mixed"):
         assert required in names
     for name in names:
-        wl, path = load_workload(name)
+        _, path = load_workload(name)
         assert path.suffix == ".yaml"
     vlm, _ = load_workload("vlm-mixed")
     assert vlm.images is not None
@@ -56,7 +56,7 @@ def test_bad_choice_lists_valid_ones() -> None:
 def test_bad_distribution() -> None:
     with pytest.raises(WorkloadError, match=r"w.yaml:2: .*dist must be one of: fixed, uniform"):
         parse_workload("max_tokens:\n  dist: zipf\n  value: 3\n", "w.yaml")
-    with pytest.raises(WorkloadError, match="max .* is below min"):
+    with pytest.raises(WorkloadError, match=r"max .* is below min"):
         parse_workload("max_tokens: {dist: uniform, min: 5, max: 2}\n", "w.yaml")
     with pytest.raises(WorkloadError, match=r"unknown key 'mean'.*valid keys: dist, min, max"):
         parse_workload("max_tokens: {dist: uniform, min: 1, max: 2, mean: 3}\n", "w.yaml")
@@ -102,5 +102,5 @@ def test_prompt_files(tmp_path: Path) -> None:
     wl = parse_workload("prompt: {source: jsonl, path: bad.jsonl}\n")
     with pytest.raises(WorkloadError, match=r"bad.jsonl:1: no string field 'prompt'"):
         read_prompt_file(wl.prompt, tmp_path)
-    with pytest.raises(WorkloadError, match="needs prompt.path"):
+    with pytest.raises(WorkloadError, match=r"needs prompt\.path"):
         parse_workload("prompt: {source: jsonl}\n")
