@@ -1,0 +1,133 @@
+"""``harness load`` against the real vLLM CPU server with the tiny model (one server per module)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port, have_module, require
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    require(have_module("vllm"), "vllm (CPU build)")
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(tiny_model_dir),
+                "--enforce-eager",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                assert proc.poll() is None, f"vLLM exited: {log.read_text()[-2000:]}"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, "vLLM never became healthy"
+                time.sleep(1)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def run_load(runs: Path, *args: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    res = subprocess.run(
+        [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    recs = [json.loads(x) for x in (run / "requests.jsonl").read_text().splitlines()]
+    return json.loads((run / "summary.json").read_text()), recs
+
+
+def test_exact_prompt_lengths_and_fixed_outputs(vllm_url: str, runs_dir: Path) -> None:
+    summary, recs = run_load(
+        runs_dir,
+        "--url",
+        vllm_url,
+        "-w",
+        "chat-short",
+        "--api",
+        "completions",
+        "--prompt-tokens",
+        "40",
+        "--max-tokens",
+        "8",
+        "--ignore-eos",
+        "-c",
+        "4",
+        "-n",
+        "16",
+    )
+    assert summary["run"]["tokenizer_exact"] is True  # the model directory's tokenizer
+    assert len(recs) == 16 and all(r["status"] == "ok" for r in recs)
+    assert all(r["output_tokens"] == 8 and r["finish_reason"] == "length" for r in recs)
+    # The server's count (usage) equals ours, up to the BOS token it adds.
+    assert {r["prompt_tokens"] - r["prompt_tokens_planned"] for r in recs} <= {0, 1}
+    assert all(r["prompt_tokens_planned"] == 40 for r in recs)
+    assert all(r["request_id"].startswith("cmpl-") for r in recs)
+    assert summary["latency_ms"]["tpot"]["mean"] > 0
+
+
+def test_vlm_requests_to_a_text_model_fail_cleanly(vllm_url: str, runs_dir: Path) -> None:
+    summary, recs = run_load(
+        runs_dir,
+        "--url",
+        vllm_url,
+        "-w",
+        "vlm-mixed",
+        "-c",
+        "2",
+        "-n",
+        "6",
+        "--max-image-pixels",
+        "250000",
+    )
+    assert len(recs) == 6
+    assert all(r["status"] == "failed" and r["http_status"] == 400 for r in recs)
+    assert {r["error"] for r in recs} == {"http_400:BadRequestError"}
+    assert all("multimodal" in (r["error_detail"] or "") for r in recs)
+    assert summary["requests"]["failed"] == 6 and summary["errors"] == {
+        "http_400:BadRequestError": 6
+    }
