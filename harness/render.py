@@ -110,6 +110,11 @@ def render_docker_run(spec: LaunchSpec) -> str:
     return " \\\n".join(lines) + "\n"
 
 
+def _literal(value: str) -> str:
+    """Compose interpolates ``$VAR`` in values; ``$$`` is a literal dollar."""
+    return value.replace("$", "$$")
+
+
 def compose_dict(spec: LaunchSpec) -> dict[str, Any]:
     """The Compose file as a mapping (what :func:`render_compose` dumps)."""
     c = _container(spec)
@@ -140,12 +145,12 @@ def compose_dict(spec: LaunchSpec) -> dict[str, Any]:
             named.append(source)
     service["labels"] = dict(c.labels)
     environment: dict[str, str | None] = {
-        key: (None if is_secret_name(key) else value) for key, value in spec.env.items()
+        key: (None if is_secret_name(key) else _literal(value)) for key, value in spec.env.items()
     }
     for key in PASSTHROUGH_ENV:
         environment.setdefault(key, None)
     service["environment"] = environment
-    service["entrypoint"] = list(spec.argv)
+    service["entrypoint"] = [_literal(arg) for arg in spec.argv]
     service["stop_grace_period"] = f"{_stop_timeout(spec)}s"
     if c.gpus is not None:
         device: dict[str, Any] = {"driver": "nvidia", "capabilities": ["gpu"]}

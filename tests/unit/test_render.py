@@ -45,10 +45,20 @@ def make_spec(**container: Any) -> LaunchSpec:
         runtime="docker",
         host="127.0.0.1",
         port=8000,
-        argv=["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/models/tiny",
-              "--served-model-name", "tiny model"],
-        env={"CUDA_LAUNCH_BLOCKING": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1",
-             "HF_TOKEN": "hf_secret_value"},
+        argv=[
+            "python3",
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            "/models/tiny",
+            "--served-model-name",
+            "tiny model",
+        ],
+        env={
+            "CUDA_LAUNCH_BLOCKING": "1",
+            "VLLM_CPU_OMP_THREADS_BIND": "0|1",
+            "HF_TOKEN": "hf_secret_value",
+        },
         container=ContainerSpec(**c),
         health_url="http://127.0.0.1:8000/health",
         base_url="http://127.0.0.1:8000",
@@ -150,6 +160,13 @@ def test_compose_file() -> None:
     assert "privileged" not in service
     assert "deploy" not in service  # CPU plan: no GPUs
     assert doc["volumes"] == {"harness-vllm-cache": {"name": "harness-vllm-cache"}}
+
+
+def test_compose_keeps_dollars_literal() -> None:
+    spec = make_spec().model_copy(update={"env": {"PS1": "$HOME"}, "argv": ["sh", "-c", "$X"]})
+    service = compose_dict(spec)["services"]["vllm"]
+    assert service["environment"]["PS1"] == "$$HOME"
+    assert service["entrypoint"] == ["sh", "-c", "$$X"]
 
 
 def test_local_plan_cannot_be_rendered() -> None:
