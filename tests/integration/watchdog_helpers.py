@@ -7,6 +7,7 @@ vLLM CPU server in its own process group and implements the ``ServerHandle`` pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -28,28 +29,20 @@ def kill_group(proc: subprocess.Popen[bytes], grace_s: float = 10.0) -> int | No
     except psutil.Error:
         family = [proc.pid]
     for sig in (signal.SIGCONT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
         for pid in family:  # a stopped child must be continued to see SIGTERM
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
     try:
         return proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
         pass
     for pid in family:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     try:
         return proc.wait(timeout=30)
     except subprocess.TimeoutExpired:

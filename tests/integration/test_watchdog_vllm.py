@@ -1,0 +1,160 @@
+"""The real hang: vLLM CPU at TP=2 under ``harness serve``, one TP worker stopped mid-stream.
+
+Also checks that secrets from the environment never reach ``runs/`` (grep every file).
+One module-scoped server; always killed in teardown (process group, SIGKILL escalation).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import free_port, have_module, require
+from tests.integration.watchdog_helpers import kill_group
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SECRETS = {"HF_TOKEN": "hf_watchdogtestsecret0123", "MY_SERVICE_PASSWORD": "pw-Zx81-secret"}
+
+
+@dataclass
+class Served:
+    proc: subprocess.Popen[bytes]
+    runs: Path
+    base_url: str
+    model: str
+
+    def run_dir(self) -> Path:
+        (run,) = [p for p in self.runs.iterdir() if p.is_dir()]
+        return run
+
+    def worker(self, name: str) -> int:
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                if name in " ".join(p.cmdline()):
+                    return p.pid
+            except psutil.Error:
+                continue
+        raise LookupError(name)
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    require(have_module("vllm"), "vLLM (CPU build)")
+    runs = tmp_path_factory.mktemp("vllm-watch") / "runs"
+    port = free_port()
+    out = open(runs.parent / "serve.out", "wb")  # noqa: SIM115 - closed in teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "harness", "serve", "--engine", "vllm", "--model",
+         str(tiny_model_dir), "--tp", "2", "--runtime", "local", "--profile", "default,eager",
+         "--port", str(port), "--stall-after", "20", "--runs-dir", str(runs)],
+        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **SECRETS},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (runs.parent / "serve.out").read_text()[-3000:]
+            try:
+                if httpx.get(base + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("vLLM TP=2 not healthy in 600 s")
+        model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
+        # The first request compiles kernels: do it before anything is stopped.
+        httpx.post(base + "/v1/completions", timeout=600,
+                   json={"model": model, "prompt": "hello", "max_tokens": 4}).raise_for_status()
+        yield Served(proc, runs, base, model)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # harness serve stops its server group
+            proc.wait(timeout=60)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        kill_group(proc)  # type: ignore[arg-type]
+        out.close()
+
+
+def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
+    tokens: list[float] = []
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            with httpx.stream("POST", served.base_url + "/v1/completions", timeout=300, json={
+                "model": served.model, "prompt": "hi", "max_tokens": 900, "ignore_eos": True,
+                "stream": True,
+            }) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:") and "[DONE]" not in line:
+                        tokens.append(time.monotonic())
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 120
+    while len(tokens) < 5 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(tokens) >= 5, errors
+    worker = served.worker("Worker_TP1")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        summary = served.run_dir() / "incidents" / "1" / "summary.md"
+        deadline = time.monotonic() + 180
+        while not summary.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert summary.exists(), "no incident within 180 s"
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    bundle = summary.parent
+    lines = summary.read_text().splitlines()
+    assert lines[0].startswith("engine-stall"), lines[0]
+    assert lines[1].startswith("Worker_TP1 stopped (state T)"), lines[1]
+    assert "EngineCore waits in collective_rpc" in lines[1]
+    incident = json.loads((bundle / "incident.json").read_text())
+    assert incident["kind"] == "engine-stall"
+    assert incident["odd_one_out"]["process"] == "Worker_TP1"
+    roles = {p["role"]: p for p in incident["processes"]}
+    for role in ("APIServer", "EngineCore", "Worker_TP0", "Worker_TP1"):
+        stack = (bundle / roles[role]["stack_files"][0]).read_text()
+        assert "Thread " in stack, role
+    stacks = list((bundle / "stacks").glob("*.txt"))
+    assert len(stacks) >= 4
+    assert any("all_reduce" in s.read_text() for s in stacks)
+    assert roles["Worker_TP0"]["wait"] == "all_reduce"
+    for name in ("processes.txt", "env.txt", "server.log.tail", "launch_spec.json",
+                 "inflight.jsonl", "shm.txt"):
+        assert (bundle / name).exists(), name
+    # kill -CONT: tokens flow again and the stream finishes.
+    n = len(tokens)
+    t.join(timeout=240)
+    assert not t.is_alive() and not errors, errors
+    assert len(tokens) > n
+
+
+def test_no_secret_value_under_runs(served: Served) -> None:
+    files = [p for p in served.runs.rglob("*") if p.is_file()]
+    assert any("incidents" in str(p) for p in files), "run the stall test first"
+    env_txt = next(p for p in files if p.name == "env.txt").read_text()
+    assert "HF_TOKEN=***REDACTED***" in env_txt
+    for path in files:
+        data = path.read_bytes()
+        for name, value in SECRETS.items():
+            assert value.encode() not in data, f"{name} leaked into {path}"
