@@ -27,8 +27,15 @@ SLEEPER = (
 
 
 def spawn(n: int) -> list[subprocess.Popen[str]]:
-    procs = [subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True,
-                              start_new_session=True) for _ in range(n)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SLEEPER],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        for _ in range(n)
+    ]
     for p in procs:
         assert p.stdout is not None and p.stdout.readline().strip() == "up"
     return procs
@@ -38,8 +45,9 @@ def single_pyspy(pid: int) -> float:
     py_spy = find_py_spy()
     assert py_spy
     t = time.perf_counter()
-    subprocess.run([py_spy, "dump", "--native", "--pid", str(pid)], capture_output=True,
-                   check=True, timeout=30)
+    subprocess.run(
+        [py_spy, "dump", "--native", "--pid", str(pid)], capture_output=True, check=True, timeout=30
+    )
     return time.perf_counter() - t
 
 
@@ -61,8 +69,12 @@ def main() -> None:
                 for r in range(args.repeats):
                     out = Path(tmp) / f"n{n}-{r}"
                     t = time.perf_counter()
-                    inc = capture_incident(None, out, pids=[p.pid for p in procs],
-                                           options=CaptureOptions(gap_s=args.gap))
+                    inc = capture_incident(
+                        None,
+                        out,
+                        pids=[p.pid for p in procs],
+                        options=CaptureOptions(gap_s=args.gap),
+                    )
                     times.append(time.perf_counter() - t)
                     assert sum(1 for p in inc.processes if p.wait) == n, inc.where
                 med = statistics.median(times)

@@ -29,14 +29,33 @@ from harness.watchdog.targets import Target, container_target, pid_target, run_t
     show_default=True,
     help="With --hosts/--slurm-job: processes whose command line matches this regex.",
 )
-@click.option("--remote-py-spy", default="py-spy", show_default=True,
-              help="py-spy on the remote nodes (path or name on their PATH).")
-@click.option("--gap", type=click.FloatRange(min=0), default=2.0, show_default=True,
-              help="Seconds between the two dumps of every process.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=10.0,
-              show_default=True, help="Per-process py-spy deadline (seconds).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Bundle directory (default: runs/<run-id>/incidents/<n>/).")
+@click.option(
+    "--remote-py-spy",
+    default="py-spy",
+    show_default=True,
+    help="py-spy on the remote nodes (path or name on their PATH).",
+)
+@click.option(
+    "--gap",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between the two dumps of every process.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    help="Per-process py-spy deadline (seconds).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Bundle directory (default: runs/<run-id>/incidents/<n>/).",
+)
 @runs_dir_option
 def dump(
     run_id: str | None,
@@ -70,8 +89,10 @@ def dump(
     console = Console(stderr=True)
     chosen = [x for x in (run_id, pids or None, container, hosts, slurm_job) if x]
     if len(chosen) != 1:
-        raise BadInput("give exactly one of RUN_ID, --pid, --container, --hosts, --slurm-job",
-                       hint="harness dump --help")
+        raise BadInput(
+            "give exactly one of RUN_ID, --pid, --container, --hosts, --slurm-job",
+            hint="harness dump --help",
+        )
     root = runs_root(runs_dir)
     if hosts or slurm_job:
         host_list = [h.strip() for h in (hosts or "").split(",") if h.strip()]
@@ -82,8 +103,12 @@ def dump(
         script = remote_script(match=match, py_spy=remote_py_spy, gap_s=gap, timeout_s=timeout_s)
         started = time.time()
         with console.status(f"dumping {hosts or 'Slurm job ' + str(slurm_job)} ..."):
-            nodes = run_remote(hosts=host_list, slurm_job=slurm_job, script=script,
-                               timeout_s=2 * timeout_s + gap + 60)
+            nodes = run_remote(
+                hosts=host_list,
+                slurm_job=slurm_job,
+                script=script,
+                timeout_s=2 * timeout_s + gap + 60,
+            )
         capture_remote(out_dir, nodes, redactor=Redactor.from_envs(), started_at=started)
         console.print((out_dir / "summary.md").read_text().splitlines()[1])
         click.echo(str(out_dir))
@@ -96,9 +121,15 @@ def dump(
         target = pid_target(pids) if pids else container_target(str(container))
         run = RunDir(root / new_run_id("dump")).create()
     incident = capture_incident(
-        run, out, pids=target.pids, kind="manual", rule="dump",
-        detail=f"harness dump of {target.description}", spec=target.spec,
+        run,
+        out,
+        pids=target.pids,
+        kind="manual",
+        rule="dump",
+        detail=f"harness dump of {target.description}",
+        spec=target.spec,
         container_exec=target.container_exec,
-        options=CaptureOptions(gap_s=gap, timeout_s=timeout_s), console=console,
+        options=CaptureOptions(gap_s=gap, timeout_s=timeout_s),
+        console=console,
     )
     click.echo(str(incident.path))

@@ -192,8 +192,9 @@ def _resample(info: _Proc) -> None:
             info.state2 = _PS_STATE.get(p.status(), "?")
             info.threads = p.num_threads()
         if info.cpu_total is not None and now > info.sampled_at:
-            info.cpu_percent = max(0.0, 100.0 * (t.user + t.system - info.cpu_total)
-                                   / (now - info.sampled_at))
+            info.cpu_percent = max(
+                0.0, 100.0 * (t.user + t.system - info.cpu_total) / (now - info.sampled_at)
+            )
     except (psutil.Error, OSError):
         info.state2 = "gone"
 
@@ -235,7 +236,11 @@ class Dump:
 def _run(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
     try:
         cp = subprocess.run(
-            list(argv), capture_output=True, text=True, timeout=timeout, errors="replace",
+            list(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            errors="replace",
             stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired as exc:
@@ -246,8 +251,13 @@ def _run(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
     return cp.returncode, (cp.stdout or "") + (cp.stderr or "")
 
 
-PERMISSION_MARKERS = ("Permission denied", "Operation not permitted", "os error 1)",
-                      "os error 13)", "EPERM")
+PERMISSION_MARKERS = (
+    "Permission denied",
+    "Operation not permitted",
+    "os error 1)",
+    "os error 13)",
+    "EPERM",
+)
 
 
 def _short_error(out: str) -> str:
@@ -387,8 +397,10 @@ def shm_report() -> str:
         usage = shutil.disk_usage("/dev/shm")
     except OSError as exc:
         return f"/dev/shm: {exc}\n"
-    lines = [f"/dev/shm: total {usage.total / 2**20:.0f} MiB, used {usage.used / 2**20:.0f} MiB, "
-             f"free {usage.free / 2**20:.0f} MiB"]
+    lines = [
+        f"/dev/shm: total {usage.total / 2**20:.0f} MiB, used {usage.used / 2**20:.0f} MiB, "
+        f"free {usage.free / 2**20:.0f} MiB"
+    ]
     entries: list[tuple[int, str]] = []
     with contextlib.suppress(OSError):
         for entry in os.scandir("/dev/shm"):
@@ -550,8 +562,9 @@ def capture_incident(
     seen: set[int] = set()
     ordered = [p for p in pids if not (p in seen or seen.add(p))]  # type: ignore[func-returns-value]
     procs = [_snapshot(pid) for pid in ordered]
-    redactor = Redactor.from_envs(os.environ, spec.env if spec else None, env,
-                                  *[p.environ for p in procs])
+    redactor = Redactor.from_envs(
+        os.environ, spec.env if spec else None, env, *[p.environ for p in procs]
+    )
     w = _Writer(out_dir, redactor)
     py_spy = find_py_spy(opts.py_spy)
     notes = list(notes)
@@ -573,8 +586,12 @@ def capture_incident(
             if py_spy is not None:
                 futs = {
                     pool.submit(
-                        dump_stack, p.pid, py_spy=py_spy, state=proc_state(p.pid),
-                        timeout=opts.timeout_s, native=opts.native,
+                        dump_stack,
+                        p.pid,
+                        py_spy=py_spy,
+                        state=proc_state(p.pid),
+                        timeout=opts.timeout_s,
+                        native=opts.native,
                         container_exec=container_exec,
                     ): p.pid
                     for p in python_procs
@@ -606,8 +623,9 @@ def capture_incident(
         "detail": verdict.detail,
         "detected_at": dt.datetime.fromtimestamp(detected_wall, dt.UTC).isoformat(),
         "also": [v.to_dict() for v in also],
-        "odd_one_out": None if odd is None else {"pid": odd.pid, "process": odd.label,
-                                                  "reason": odd.reason},
+        "odd_one_out": None
+        if odd is None
+        else {"pid": odd.pid, "process": odd.label, "reason": odd.reason},
         "where": where_line(reports, odd),
         "processes": [r.to_dict() for r in reports],
         "gpus": [g.__dict__ for g in gpus],
@@ -619,8 +637,17 @@ def capture_incident(
         incident_json.update(extra)
     files = sorted({*w.files, "incident.json", "summary.md"})
     w.text("incident.json", json.dumps(incident_json, indent=2, default=str))
-    summary = render_summary(verdict=verdict, detected_at=detected_at, processes=reports, odd=odd,
-                             also=also, gpus=gpus, notes=notes, files=files, capture_s=capture_s)
+    summary = render_summary(
+        verdict=verdict,
+        detected_at=detected_at,
+        processes=reports,
+        odd=odd,
+        also=also,
+        gpus=gpus,
+        notes=notes,
+        files=files,
+        capture_s=capture_s,
+    )
     w.text("summary.md", summary)
     lines = summary.splitlines()
     incident = Incident(out_dir, verdict, reports, odd, lines[0], lines[1], capture_s, list(also))
@@ -676,18 +703,31 @@ def _reports(
     for p, name in zip(procs, names, strict=True):
         role = name if counts[name] == 1 else f"{name}[{p.pid}]"
         cmd = " ".join(w.redactor.argv(p.cmdline)) or p.name
-        state = p.state if p.state2 in (None, "gone") or p.state in ("T", "t", "D", "Z") else (
-            p.state2 if p.state2 in ("T", "t", "D", "Z") else p.state)
-        rep = ProcessReport(pid=p.pid, role=role, state="gone" if p.gone else state,
-                            cpu_percent=p.cpu_percent, threads=p.threads, cmdline=cmd,
-                            ppid=p.ppid, python=p.python)
+        state = (
+            p.state
+            if p.state2 in (None, "gone") or p.state in ("T", "t", "D", "Z")
+            else (p.state2 if p.state2 in ("T", "t", "D", "Z") else p.state)
+        )
+        rep = ProcessReport(
+            pid=p.pid,
+            role=role,
+            state="gone" if p.gone else state,
+            cpu_percent=p.cpu_percent,
+            threads=p.threads,
+            cmdline=cmd,
+            ppid=p.ppid,
+            python=p.python,
+        )
         rel = f"stacks/{p.pid}.txt"
         if p.gone:
             rep.capture_error = "process exited before the capture"
             w.text(rel, f"{p.pid}: process exited before the capture\n")
         elif not p.python:
-            w.text(rel, f"{p.pid} {role}: not a Python process ({p.exe or p.name}); "
-                        f"state {state}; no Python stack. Command: {cmd}\n")
+            w.text(
+                rel,
+                f"{p.pid} {role}: not a Python process ({p.exe or p.name}); "
+                f"state {state}; no Python stack. Command: {cmd}\n",
+            )
         else:
             dumps = rounds.get(p.pid, [])
             parts: list[str] = []
@@ -695,20 +735,25 @@ def _reports(
             for i, d in enumerate(dumps, 1):
                 when = d.started_at - t0
                 if d.ok:
-                    parts.append(f"# dump {i} of {len(dumps)} (+{when:.1f} s, py-spy {d.how})\n"
-                                 f"{d.text}")
+                    parts.append(
+                        f"# dump {i} of {len(dumps)} (+{when:.1f} s, py-spy {d.how})\n{d.text}"
+                    )
                     parsed.append(st.parse_dump(d.text))
                 else:
-                    parts.append(f"# dump {i} of {len(dumps)} (+{when:.1f} s): py-spy failed: "
-                                 f"{d.error}\n")
+                    parts.append(
+                        f"# dump {i} of {len(dumps)} (+{when:.1f} s): py-spy failed: {d.error}\n"
+                    )
             if not dumps:
                 parts.append("# no dump taken (py-spy unavailable)\n")
             w.text(rel, "\n".join(parts))
             if parsed:
                 wait = st.process_wait(parsed[-1])
                 if wait is not None:
-                    rep.wait, rep.wait_frame, rep.wait_category = wait.label, wait.frame, \
-                        wait.category
+                    rep.wait, rep.wait_frame, rep.wait_category = (
+                        wait.label,
+                        wait.frame,
+                        wait.category,
+                    )
                 if len(parsed) >= 2:
                     rep.moved = st.signature(parsed[0]) != st.signature(parsed[-1])
             failed = [d.error for d in dumps if not d.ok and d.error]

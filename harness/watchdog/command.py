@@ -172,16 +172,28 @@ def run_watched(
     if flight_recorder:
         extra = {**flight_recorder_env(run), **extra}
     child_env.update(extra)
-    (run.path / "watch.json").write_text(json.dumps({
-        "argv": list(argv), "stall_after_s": stall_after_s,
-        "heartbeat": str(heartbeat) if heartbeat else None, "on_hang": on_hang,
-        "env": sorted(extra), "started_at": time.time(),
-    }, indent=2))
+    (run.path / "watch.json").write_text(
+        json.dumps(
+            {
+                "argv": list(argv),
+                "stall_after_s": stall_after_s,
+                "heartbeat": str(heartbeat) if heartbeat else None,
+                "on_hang": on_hang,
+                "env": sorted(extra),
+                "started_at": time.time(),
+            },
+            indent=2,
+        )
+    )
     log = open(run.server_log, "ab")  # noqa: SIM115 - closed in finally
     try:
         proc = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=child_env, start_new_session=True,
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env,
+            start_new_session=True,
         )
     except OSError as exc:
         log.close()
@@ -190,9 +202,11 @@ def run_watched(
     pump = _Pump(proc.stdout, log, sys.stdout.buffer if echo else None)
     pump.start()
     if console is not None:
-        console.print(f"[green]watching[/] pid {proc.pid}: no output"
-                      f"{' or heartbeat' if heartbeat else ''} for {stall_after_s:g} s = hang; "
-                      f"run {run.path}")
+        console.print(
+            f"[green]watching[/] pid {proc.pid}: no output"
+            f"{' or heartbeat' if heartbeat else ''} for {stall_after_s:g} s = hang; "
+            f"run {run.path}"
+        )
     incident: Incident | None = None
     known: list[int] = [proc.pid]
     hb_mtime: float | None = None
@@ -209,13 +223,21 @@ def run_watched(
             known = sorted(set(known) | set(job_pids(proc.pid, proc.pid)))
             verdict = None
             if incident is None:
-                verdict = silence_verdict(now=now, last_activity_at=max(pump.last_at, hb_at),
-                                          stall_after_s=stall_after_s, what=what)
+                verdict = silence_verdict(
+                    now=now,
+                    last_activity_at=max(pump.last_at, hb_at),
+                    stall_after_s=stall_after_s,
+                    what=what,
+                )
             if verdict is not None:
                 pids = job_pids(proc.pid, proc.pid)
                 incident = capture_incident(
-                    run, pids=pids, verdict=verdict, env=child_env,
-                    options=capture_options, console=console,
+                    run,
+                    pids=pids,
+                    verdict=verdict,
+                    env=child_env,
+                    options=capture_options,
+                    console=console,
                     extra={"command": list(argv)},
                 )
                 run.write_state(watchdog={"incidents": 1, "last": str(incident.path)})
@@ -241,4 +263,3 @@ def run_watched(
 def _exit_status(code: int) -> int:
     """A Popen return code as a shell would report it (-9 -> 137)."""
     return 128 - code if code < 0 else code
-

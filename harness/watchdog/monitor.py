@@ -61,7 +61,10 @@ class Canary(threading.Thread):
         super().__init__(name="harness-canary", daemon=True)
         self.url = base_url.rstrip("/") + "/v1/completions"
         self.payload: dict[str, Any] = {
-            "model": model, "prompt": CANARY_PROMPT, "max_tokens": 2, "stream": True,
+            "model": model,
+            "prompt": CANARY_PROMPT,
+            "max_tokens": 2,
+            "stream": True,
             "temperature": 0.0,
         }
         self.interval_s = interval_s
@@ -105,8 +108,13 @@ class Canary(threading.Thread):
                                 self._set(probe)
                     self._set(replace(probe, finished_at=time.monotonic()))
                 except (httpx.HTTPError, OSError) as exc:
-                    self._set(replace(probe, finished_at=time.monotonic(),
-                                      error=f"{type(exc).__name__}: {exc}"[:200]))
+                    self._set(
+                        replace(
+                            probe,
+                            finished_at=time.monotonic(),
+                            error=f"{type(exc).__name__}: {exc}"[:200],
+                        )
+                    )
                 self.stop_event.wait(self.interval_s)
 
     def stop(self) -> None:
@@ -197,8 +205,9 @@ def watch_server(
     stall_s = settings.stall_after_s
     found = False
     while True:
-        outcome, incidents = _watch_one(handle, settings, stall_s, console, stop_event, tick_s,
-                                        capture_options, on_incident)
+        outcome, incidents = _watch_one(
+            handle, settings, stall_s, console, stop_event, tick_s, capture_options, on_incident
+        )
         found = found or incidents > 0
         if outcome == "stopped":
             return 1 if found else 0
@@ -230,8 +239,12 @@ def _watch_one(
     run = handle.run
     container_exec: ContainerExec | None = getattr(handle, "exec_in_container", None)
     canary_deadline = settings.canary_deadline_s or stall_s
-    canary = Canary(spec.base_url, spec.served_model_name, interval_s=settings.canary_interval_s,
-                    deadline_s=canary_deadline)
+    canary = Canary(
+        spec.base_url,
+        spec.served_model_name,
+        interval_s=settings.canary_interval_s,
+        deadline_s=canary_deadline,
+    )
     canary.start()
     progress = ProgressTracker(settings.engine_stall_s or stall_s)
     signature = SignatureTracker(persist_s=stall_s)
@@ -246,8 +259,10 @@ def _watch_one(
     incident_at = 0.0
     client = httpx.Client(timeout=httpx.Timeout(1.5))
     if console is not None:
-        console.print(f"[green]watchdog on[/]: stall after {stall_s:g} s, canary every "
-                      f"{settings.canary_interval_s:g} s, on hang: {settings.on_hang}")
+        console.print(
+            f"[green]watchdog on[/]: stall after {stall_s:g} s, canary every "
+            f"{settings.canary_interval_s:g} s, on hang: {settings.on_hang}"
+        )
     try:
         while not stop_event.is_set():
             now = time.monotonic()
@@ -257,8 +272,9 @@ def _watch_one(
                     return "stopped", incidents
                 crash = crash_verdict(code)
                 assert crash is not None
-                _record(handle, crash, [], console, capture_options, container_exec,
-                        canary, on_incident)
+                _record(
+                    handle, crash, [], console, capture_options, container_exec, canary, on_incident
+                )
                 return "crash", incidents + 1
             pids = handle.pids()
             samples = observer.sample(pids)
@@ -277,8 +293,9 @@ def _watch_one(
             v = canary_verdict(probe, now=now, deadline_s=canary_deadline, health_ok=health_ok)
             if v is not None:
                 verdicts.append(v)
-            v = health_verdict(now=now, last_ok_at=last_health_ok, stall_after_s=stall_s,
-                               alive=bool(pids))
+            v = health_verdict(
+                now=now, last_ok_at=last_health_ok, stall_after_s=stall_s, alive=bool(pids)
+            )
             if v is not None:
                 verdicts.append(v)
             verdicts += request_stall_verdicts(requests_tail.read())
@@ -294,8 +311,16 @@ def _watch_one(
                 armed = False
                 incident_at = time.monotonic()
                 incidents += 1
-                incident = _record(handle, primary(verdicts), verdicts, console,
-                                   capture_options, container_exec, canary, on_incident)
+                incident = _record(
+                    handle,
+                    primary(verdicts),
+                    verdicts,
+                    console,
+                    capture_options,
+                    container_exec,
+                    canary,
+                    on_incident,
+                )
                 run.write_state(watchdog={"incidents": incidents, "last": str(incident.path)})
                 if settings.on_hang == "stop":
                     handle.stop()
@@ -303,8 +328,10 @@ def _watch_one(
                 if settings.on_hang == "restart":
                     return "hang-restart", incidents
                 if console is not None:
-                    console.print("[yellow]server kept running (--on-hang keep); the watchdog "
-                                  "re-arms when it recovers[/]")
+                    console.print(
+                        "[yellow]server kept running (--on-hang keep); the watchdog "
+                        "re-arms when it recovers[/]"
+                    )
             elif not armed and recovered:
                 armed = True
                 if console is not None:
@@ -330,8 +357,14 @@ def _record(
     inflight = [{"source": "canary", "url": canary.url, "payload": canary.payload}]
     inflight += _load_inflight(handle.run.path)
     incident = capture_incident(
-        handle.run, pids=handle.pids(), verdict=verdict, also=also, spec=handle.spec,
-        inflight=inflight, container_exec=container_exec, options=capture_options,
+        handle.run,
+        pids=handle.pids(),
+        verdict=verdict,
+        also=also,
+        spec=handle.spec,
+        inflight=inflight,
+        container_exec=container_exec,
+        options=capture_options,
         console=console,
     )
     if on_incident is not None:
@@ -359,8 +392,12 @@ def capture_startup_hang(
 ) -> Incident:
     """Capture a server that did not become healthy (call after :func:`startup_verdict` fired)."""
     return capture_incident(
-        handle.run, pids=handle.pids(), verdict=verdict, spec=handle.spec,
-        container_exec=getattr(handle, "exec_in_container", None), options=capture_options,
+        handle.run,
+        pids=handle.pids(),
+        verdict=verdict,
+        spec=handle.spec,
+        container_exec=getattr(handle, "exec_in_container", None),
+        options=capture_options,
         console=console,
     )
 

@@ -72,20 +72,37 @@ echo "{mark}end"
 
 
 def remote_script(
-    *, match: str = DEFAULT_MATCH, py_spy: str = "py-spy", rounds: int = 2, gap_s: float = 2.0,
+    *,
+    match: str = DEFAULT_MATCH,
+    py_spy: str = "py-spy",
+    rounds: int = 2,
+    gap_s: float = 2.0,
     timeout_s: float = 10.0,
 ) -> str:
     """The ``sh`` script every node runs (prints markers ``#harness-...`` between sections)."""
     return _SCRIPT.format(
-        py_spy=shlex.quote(py_spy), match=shlex.quote(match), rounds=int(rounds),
-        gap=f"{gap_s:g}", timeout=f"{timeout_s:g}", mark=MARK,
+        py_spy=shlex.quote(py_spy),
+        match=shlex.quote(match),
+        rounds=int(rounds),
+        gap=f"{gap_s:g}",
+        timeout=f"{timeout_s:g}",
+        mark=MARK,
     )
 
 
 def ssh_command(host: str, script: str, *, connect_timeout_s: int = 10) -> list[str]:
     """``ssh`` argv running ``script`` with ``sh`` on ``host`` (no prompts: BatchMode)."""
-    return ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s}",
-            "-o", "StrictHostKeyChecking=accept-new", host, "sh -c " + shlex.quote(script)]
+    return [
+        "ssh",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={connect_timeout_s}",
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        host,
+        "sh -c " + shlex.quote(script),
+    ]
 
 
 def pdsh_command(hosts: Sequence[str], script: str) -> list[str]:
@@ -101,8 +118,15 @@ def srun_command(job_id: str, script: str, *, nodes: int | None = None) -> list[
     """
     if not re.fullmatch(r"[0-9]+(_[0-9]+)?(\.[0-9]+)?", job_id):
         raise BadInput(f"not a Slurm job id: {job_id!r}")
-    argv = ["srun", f"--jobid={job_id}", "--overlap", "--gres=gpu:0", "--ntasks-per-node=1",
-            "--label", "--kill-on-bad-exit=0"]
+    argv = [
+        "srun",
+        f"--jobid={job_id}",
+        "--overlap",
+        "--gres=gpu:0",
+        "--ntasks-per-node=1",
+        "--label",
+        "--kill-on-bad-exit=0",
+    ]
     if nodes:
         argv.append(f"--nodes={nodes}")
     return [*argv, "sh", "-c", script]
@@ -156,7 +180,7 @@ def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
         if line.startswith(MARK):
             flush()
             current, buf = None, []
-            word, _, rest = line[len(MARK):].partition(" ")
+            word, _, rest = line[len(MARK) :].partition(" ")
             section = word
             if word == "host":
                 node.host = rest.strip() or fallback_host
@@ -173,8 +197,14 @@ def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
             cols = line.split(None, 5)
             if len(cols) >= 5 and cols[0].isdigit():
                 try:
-                    proc = NodeProc(int(cols[0]), int(cols[1]), cols[2][:1],
-                                    float(cols[3]), int(cols[4]), cols[5] if len(cols) > 5 else "")
+                    proc = NodeProc(
+                        int(cols[0]),
+                        int(cols[1]),
+                        cols[2][:1],
+                        float(cols[3]),
+                        int(cols[4]),
+                        cols[5] if len(cols) > 5 else "",
+                    )
                 except ValueError:
                     continue
                 node.procs[proc.pid] = proc
@@ -193,10 +223,14 @@ def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
         args = info.args if info else ""
         argv = args.split()
         rep = ProcessReport(
-            pid=pid, role=role_name(argv[0] if argv else "?", argv),
+            pid=pid,
+            role=role_name(argv[0] if argv else "?", argv),
             state=info.state if info else "?",
-            cpu_percent=info.cpu if info else None, threads=info.threads if info else None,
-            cmdline=args, ppid=info.ppid if info else None, host=node.host,
+            cpu_percent=info.cpu if info else None,
+            threads=info.threads if info else None,
+            cmdline=args,
+            ppid=info.ppid if info else None,
+            host=node.host,
         )
         dumps = node.stacks.get(pid, [])
         parsed = [st.parse_dump(d) for d in dumps]
@@ -208,14 +242,21 @@ def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
             if len(parsed) >= 2:
                 rep.moved = st.signature(parsed[0]) != st.signature(parsed[-1])
         elif dumps:
-            rep.capture_error = dumps[-1].strip().splitlines()[-1][:200] if dumps[-1].strip() \
+            rep.capture_error = (
+                dumps[-1].strip().splitlines()[-1][:200]
+                if dumps[-1].strip()
                 else "py-spy printed nothing"
+            )
             if "Failed to find python version" in dumps[-1]:
                 rep.python = False
         rel = f"stacks/{_safe(node.host)}-{pid}.txt"
-        files[rel] = "".join(
-            f"# node {node.host}, dump {i} of {len(dumps)}\n{d}\n" for i, d in enumerate(dumps, 1)
-        ) or f"# node {node.host}: no dump\n"
+        files[rel] = (
+            "".join(
+                f"# node {node.host}, dump {i} of {len(dumps)}\n{d}\n"
+                for i, d in enumerate(dumps, 1)
+            )
+            or f"# node {node.host}: no dump\n"
+        )
         rep.stack_files = [rel]
         reports.append(rep)
     return reports, files
@@ -235,8 +276,10 @@ def run_remote(
     """Run ``script`` on every node and parse what came back (one NodeDump per node)."""
     if slurm_job:
         if shutil.which("srun") is None:
-            raise EnvironmentProblem("srun is not installed here",
-                                     hint="run harness dump --slurm-job on a Slurm login node")
+            raise EnvironmentProblem(
+                "srun is not installed here",
+                hint="run harness dump --slurm-job on a Slurm login node",
+            )
         nodes = _slurm_nodes(slurm_job)
         out = _run(srun_command(slurm_job, script, nodes=nodes), timeout_s, None)
         return [parse_node_output(text, f"task{k}") for k, text in split_prefixed(out).items()]
@@ -272,9 +315,15 @@ def _run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None) -> s
     import os
 
     try:
-        cp = subprocess.run(list(argv), capture_output=True, text=True, errors="replace",
-                            timeout=timeout_s, stdin=subprocess.DEVNULL,
-                            env={**os.environ, **env} if env else None)
+        cp = subprocess.run(
+            list(argv),
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **env} if env else None,
+        )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout if isinstance(exc.stdout, str) else ""
         return out + f"\n(timed out after {timeout_s:g} s)\n"
@@ -309,20 +358,31 @@ def capture_remote(
     odd = odd_one_out(reports)
     now = time.time()
     files["processes.txt"] = processes_table(reports)
-    files["incident.json"] = json.dumps({
-        "kind": verdict.kind, "rule": verdict.rule, "detail": verdict.detail,
-        "detected_at": dt.datetime.fromtimestamp(started_at or now, dt.UTC).isoformat(),
-        "nodes": [n.host for n in nodes],
-        "odd_one_out": None if odd is None else {"pid": odd.pid, "process": odd.label,
-                                                  "reason": odd.reason},
-        "where": where_line(reports, odd),
-        "processes": [r.to_dict() for r in reports],
-        "notes": notes,
-    }, indent=2)
+    files["incident.json"] = json.dumps(
+        {
+            "kind": verdict.kind,
+            "rule": verdict.rule,
+            "detail": verdict.detail,
+            "detected_at": dt.datetime.fromtimestamp(started_at or now, dt.UTC).isoformat(),
+            "nodes": [n.host for n in nodes],
+            "odd_one_out": None
+            if odd is None
+            else {"pid": odd.pid, "process": odd.label, "reason": odd.reason},
+            "where": where_line(reports, odd),
+            "processes": [r.to_dict() for r in reports],
+            "notes": notes,
+        },
+        indent=2,
+    )
     stamp = dt.datetime.fromtimestamp(started_at or now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    files["summary.md"] = render_summary(verdict=verdict, detected_at=stamp, processes=reports,
-                                         odd=odd, notes=notes,
-                                         files=sorted({*files, "summary.md"}))
+    files["summary.md"] = render_summary(
+        verdict=verdict,
+        detected_at=stamp,
+        processes=reports,
+        odd=odd,
+        notes=notes,
+        files=sorted({*files, "summary.md"}),
+    )
     for rel, text in files.items():
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)

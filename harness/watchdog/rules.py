@@ -62,8 +62,12 @@ class Verdict:
     pids: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "rule": self.rule, "detail": self.detail,
-                "pids": list(self.pids)}
+        return {
+            "kind": self.kind,
+            "rule": self.rule,
+            "detail": self.detail,
+            "pids": list(self.pids),
+        }
 
 
 def primary(verdicts: Sequence[Verdict]) -> Verdict:
@@ -113,8 +117,9 @@ def silence_verdict(
     silent = now - last_activity_at
     if silent < stall_after_s:
         return None
-    return Verdict(kind, f"{what}-silence", f"no new {what} for {silent:.0f} s "
-                   f"(limit {stall_after_s:g} s)")
+    return Verdict(
+        kind, f"{what}-silence", f"no new {what} for {silent:.0f} s (limit {stall_after_s:g} s)"
+    )
 
 
 # --------------------------------------------------------------------------------------------

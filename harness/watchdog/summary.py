@@ -126,15 +126,21 @@ def odd_one_out(
     spinning while every peer sleeps, the one of a peer group (TP workers, ranks) that is not
     in the collective its peers wait in.
     """
-    for states, reason in ((("T", "t"), "stopped (state T)"), (("D",), "in uninterruptible "
-                           "sleep (state D)"), (("Z",), "exited but not reaped (zombie)")):
+    for states, reason in (
+        (("T", "t"), "stopped (state T)"),
+        (("D",), "in uninterruptible sleep (state D)"),
+        (("Z",), "exited but not reaped (zombie)"),
+    ):
         for p in processes:
             if p.state in states:
                 return OddOne(p.pid, p.label, reason)
     spinner = lone_spinner([_sample(p) for p in processes if p.python])
     if spinner is not None:
-        return OddOne(spinner.pid, spinner.name,
-                      f"spins at {spinner.cpu_percent:.0f}% CPU while its peers sleep")
+        return OddOne(
+            spinner.pid,
+            spinner.name,
+            f"spins at {spinner.cpu_percent:.0f}% CPU while its peers sleep",
+        )
     groups: dict[str, list[ProcessReport]] = {}
     for p in processes:
         groups.setdefault(f"{p.host}/{family(p.role)}", []).append(p)
@@ -146,13 +152,16 @@ def odd_one_out(
         if in_coll and len(out) == 1:
             odd = out[0]
             peers = sorted({m.wait or "" for m in in_coll})
-            return OddOne(odd.pid, odd.label,
-                          f"is not in the collective (in {odd.wait}; peers wait in "
-                          f"{', '.join(peers)})")
+            return OddOne(
+                odd.pid,
+                odd.label,
+                f"is not in the collective (in {odd.wait}; peers wait in {', '.join(peers)})",
+            )
     busy = lone_busy_gpu(gpus)
     if busy is not None:
-        return OddOne(-1, f"GPU {busy.index}",
-                      f"at {busy.util_percent:.0f}% while the other GPUs idle")
+        return OddOne(
+            -1, f"GPU {busy.index}", f"at {busy.util_percent:.0f}% while the other GPUs idle"
+        )
     return None
 
 
@@ -239,8 +248,10 @@ def render_summary(
         if p.capture_error and not p.wait:
             where = f"no stack: {p.capture_error.splitlines()[0][:100]}"
         cpu = "-" if p.cpu_percent is None else f"{p.cpu_percent:.0f}"
-        lines.append(f"| {p.label} | {p.pid} | {p.state} ({_STATE_WORDS.get(p.state, '?')}) "
-                     f"| {cpu} | {where.replace('|', '/')} | {stuck} |")
+        lines.append(
+            f"| {p.label} | {p.pid} | {p.state} ({_STATE_WORDS.get(p.state, '?')}) "
+            f"| {cpu} | {where.replace('|', '/')} | {stuck} |"
+        )
     lines.append("")
     if gpus:
         lines.append("GPUs: " + ", ".join(f"GPU {g.index} {g.util_percent:.0f}%" for g in gpus))

@@ -55,11 +55,16 @@ def container_pids(name: str) -> list[int]:
             return [int(p) for p in fn(name)]
     except ImportError:
         pass
-    cp = subprocess.run([_docker_cli(), "inspect", "--format", "{{.State.Pid}}", name],
-                        capture_output=True, text=True, timeout=30)
+    cp = subprocess.run(
+        [_docker_cli(), "inspect", "--format", "{{.State.Pid}}", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     if cp.returncode != 0 or not cp.stdout.strip().isdigit():
-        raise DockerProblem(f"no running container {name!r}: {cp.stderr.strip()[:200]}",
-                            hint="docker ps")
+        raise DockerProblem(
+            f"no running container {name!r}: {cp.stderr.strip()[:200]}", hint="docker ps"
+        )
     init = int(cp.stdout.strip())
     if init == 0:
         raise DockerProblem(f"container {name!r} is not running", hint="docker ps -a")
@@ -81,8 +86,13 @@ def container_exec(name: str) -> ContainerExec:
 
     def run(argv: Sequence[str], timeout: float) -> tuple[int, str]:
         try:
-            cp = subprocess.run([exe, "exec", name, *argv], capture_output=True, text=True,
-                                timeout=timeout, errors="replace")
+            cp = subprocess.run(
+                [exe, "exec", name, *argv],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                errors="replace",
+            )
         except subprocess.TimeoutExpired:
             return -1, f"docker exec timed out after {timeout:g} s"
         return cp.returncode, cp.stdout + cp.stderr
@@ -116,5 +126,7 @@ def run_target(run: RunDir) -> Target:
         t.spec = spec
         t.description = f"run {run.run_id} ({t.description})"
         return t
-    raise RunNotFound(f"run {run.run_id} has no live server process",
-                      hint="harness ps lists live servers; harness dump --pid PID for any process")
+    raise RunNotFound(
+        f"run {run.run_id} has no live server process",
+        hint="harness ps lists live servers; harness dump --pid PID for any process",
+    )

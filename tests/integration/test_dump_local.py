@@ -30,8 +30,9 @@ time.sleep(900)
 
 @pytest.fixture
 def tree() -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(0.5)  # let the children finish importing before py-spy reads them
@@ -50,8 +51,12 @@ def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
     python_kids = [k for k in kids if "python" in k.name()]
     os.kill(python_kids[0].pid, signal.SIGSTOP)
     runs = tmp_path / "runs"
-    out = subprocess.run([*HARNESS, "dump", "--runs-dir", str(runs), "--pid", str(tree.pid),
-                          "--gap", "0.5"], capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [*HARNESS, "dump", "--runs-dir", str(runs), "--pid", str(tree.pid), "--gap", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert out.returncode == 0, out.stderr
     bundle = Path(out.stdout.strip().splitlines()[-1])
     incident = json.loads((bundle / "incident.json").read_text())
@@ -73,11 +78,16 @@ def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
 
 
 def test_dump_needs_exactly_one_target(tmp_path: Path) -> None:
-    out = subprocess.run([*HARNESS, "dump", "--runs-dir", str(tmp_path)], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [*HARNESS, "dump", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "exactly one" in out.stderr
-    gone = subprocess.run([*HARNESS, "dump", "--runs-dir", str(tmp_path), "--pid", "999999"],
-                          capture_output=True, text=True, timeout=60)
+    gone = subprocess.run(
+        [*HARNESS, "dump", "--runs-dir", str(tmp_path), "--pid", "999999"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert gone.returncode == 2 and "no process 999999" in gone.stderr
 
 
@@ -88,8 +98,12 @@ def _docker_ok() -> bool:
     if shutil.which("docker") is None:
         return False
     try:
-        return subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True,
-                              timeout=30).returncode == 0
+        return (
+            subprocess.run(
+                ["docker", "image", "inspect", IMAGE], capture_output=True, timeout=30
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -100,16 +114,37 @@ def test_gloo_deadlock_inside_a_container(tmp_path: Path) -> None:
     name = f"harness-test-deadlock-{os.getpid()}"
     fixtures = REPO / "tests" / "fixtures"
     subprocess.run(
-        ["docker", "run", "-d", "--rm", "--init", "--name", name, "-v", f"{fixtures}:/fx:ro",
-         "-e", "PYTHONUNBUFFERED=1", "--entrypoint", "python3", IMAGE, "-m",
-         "torch.distributed.run", "--nproc-per-node", "2", "/fx/deadlock.py"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "docker",
+            "run",
+            "-d",
+            "--rm",
+            "--init",
+            "--name",
+            name,
+            "-v",
+            f"{fixtures}:/fx:ro",
+            "-e",
+            "PYTHONUNBUFFERED=1",
+            "--entrypoint",
+            "python3",
+            IMAGE,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "/fx/deadlock.py",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     try:
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True,
-                                  timeout=30)
+            logs = subprocess.run(
+                ["docker", "logs", name], capture_output=True, text=True, timeout=30
+            )
             if "rank 0 step 2" in logs.stdout + logs.stderr:
                 break
             time.sleep(1)
@@ -117,8 +152,12 @@ def test_gloo_deadlock_inside_a_container(tmp_path: Path) -> None:
             pytest.fail("the deadlock program never reached step 2")
         time.sleep(3)  # step 3: rank 1 skips its all_reduce, rank 0 waits in it
         runs = tmp_path / "runs"
-        out = subprocess.run([*HARNESS, "dump", "--runs-dir", str(runs), "--container", name,
-                              "--gap", "1"], capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            [*HARNESS, "dump", "--runs-dir", str(runs), "--container", name, "--gap", "1"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert out.returncode == 0, out.stderr
         bundle = Path(out.stdout.strip().splitlines()[-1])
         incident = json.loads((bundle / "incident.json").read_text())

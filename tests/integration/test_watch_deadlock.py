@@ -39,13 +39,29 @@ def _only_bundle(runs: Path) -> Path:
 
 def test_gloo_deadlock_is_caught_captured_and_cleaned_up(tmp_path: Path) -> None:
     require(have_module("torch"), "torch")
-    require(shutil.which("py-spy") is not None or (Path(sys.executable).parent / "py-spy").exists(),
-            "py-spy")
+    require(
+        shutil.which("py-spy") is not None or (Path(sys.executable).parent / "py-spy").exists(),
+        "py-spy",
+    )
     script = tmp_path / "deadlock.py"  # a unique path: tells this job's processes apart
     shutil.copy(FIXTURE, script)
     runs = tmp_path / "runs"
-    cmd = [*HARNESS, "watch", "--runs-dir", str(runs), "--stall-after", "15", "--quiet", "--",
-           sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)]
+    cmd = [
+        *HARNESS,
+        "watch",
+        "--runs-dir",
+        str(runs),
+        "--stall-after",
+        "15",
+        "--quiet",
+        "--",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        str(script),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     finally:
@@ -83,9 +99,23 @@ def test_heartbeat_counts_as_progress_and_exit_code_passes_through(tmp_path: Pat
     )
     runs = tmp_path / "runs"
     proc = subprocess.run(
-        [*HARNESS, "watch", "--runs-dir", str(runs), "--stall-after", "3", "--heartbeat",
-         str(hb), "--", sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=120,
+        [
+            *HARNESS,
+            "watch",
+            "--runs-dir",
+            str(runs),
+            "--stall-after",
+            "3",
+            "--heartbeat",
+            str(hb),
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 3, proc.stderr
     assert list(runs.glob("*/incidents/*")) == []
@@ -95,9 +125,23 @@ def test_silent_command_without_heartbeat_is_a_hang(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     marker = f"silent-{os.getpid()}"
     proc = subprocess.run(
-        [*HARNESS, "watch", "--runs-dir", str(runs), "--stall-after", "2", "--capture-gap", "0.5",
-         "--", sys.executable, "-c", f"import time; time.sleep(600)  # {marker}"],
-        capture_output=True, text=True, timeout=120,
+        [
+            *HARNESS,
+            "watch",
+            "--runs-dir",
+            str(runs),
+            "--stall-after",
+            "2",
+            "--capture-gap",
+            "0.5",
+            "--",
+            sys.executable,
+            "-c",
+            f"import time; time.sleep(600)  # {marker}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert _job_left(marker) == []
@@ -106,10 +150,15 @@ def test_silent_command_without_heartbeat_is_a_hang(tmp_path: Path) -> None:
 
 
 def test_watch_without_command_is_bad_input(tmp_path: Path) -> None:
-    proc = subprocess.run([*HARNESS, "watch", "--runs-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [*HARNESS, "watch", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
-    missing = subprocess.run([*HARNESS, "watch", "--runs-dir", str(tmp_path), "--",
-                              "/nonexistent/cmd"], capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [*HARNESS, "watch", "--runs-dir", str(tmp_path), "--", "/nonexistent/cmd"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr and "cannot run" in missing.stderr

@@ -57,10 +57,31 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     port = free_port()
     out = open(runs.parent / "serve.out", "wb")  # noqa: SIM115 - closed in teardown
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "serve", "--engine", "vllm", "--model",
-         str(tiny_model_dir), "--tp", "2", "--runtime", "local", "--profile", "default,eager",
-         "--port", str(port), "--stall-after", "20", "--runs-dir", str(runs)],
-        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "harness",
+            "serve",
+            "--engine",
+            "vllm",
+            "--model",
+            str(tiny_model_dir),
+            "--tp",
+            "2",
+            "--runtime",
+            "local",
+            "--profile",
+            "default,eager",
+            "--port",
+            str(port),
+            "--stall-after",
+            "20",
+            "--runs-dir",
+            str(runs),
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, **SECRETS},
     )
     base = f"http://127.0.0.1:{port}"
@@ -78,8 +99,11 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             pytest.fail("vLLM TP=2 not healthy in 600 s")
         model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
         # The first request compiles kernels: do it before anything is stopped.
-        httpx.post(base + "/v1/completions", timeout=600,
-                   json={"model": model, "prompt": "hello", "max_tokens": 4}).raise_for_status()
+        httpx.post(
+            base + "/v1/completions",
+            timeout=600,
+            json={"model": model, "prompt": "hello", "max_tokens": 4},
+        ).raise_for_status()
         yield Served(proc, runs, base, model)
     finally:
         try:
@@ -97,10 +121,18 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
 
     def stream() -> None:
         try:
-            with httpx.stream("POST", served.base_url + "/v1/completions", timeout=300, json={
-                "model": served.model, "prompt": "hi", "max_tokens": 900, "ignore_eos": True,
-                "stream": True,
-            }) as r:
+            with httpx.stream(
+                "POST",
+                served.base_url + "/v1/completions",
+                timeout=300,
+                json={
+                    "model": served.model,
+                    "prompt": "hi",
+                    "max_tokens": 900,
+                    "ignore_eos": True,
+                    "stream": True,
+                },
+            ) as r:
                 for line in r.iter_lines():
                     if line.startswith("data:") and "[DONE]" not in line:
                         tokens.append(time.monotonic())
@@ -139,8 +171,14 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     assert len(stacks) >= 4
     assert any("all_reduce" in s.read_text() for s in stacks)
     assert roles["Worker_TP0"]["wait"] == "all_reduce"
-    for name in ("processes.txt", "env.txt", "server.log.tail", "launch_spec.json",
-                 "inflight.jsonl", "shm.txt"):
+    for name in (
+        "processes.txt",
+        "env.txt",
+        "server.log.tail",
+        "launch_spec.json",
+        "inflight.jsonl",
+        "shm.txt",
+    ):
         assert (bundle / name).exists(), name
     # kill -CONT: tokens flow again and the stream finishes.
     n = len(tokens)

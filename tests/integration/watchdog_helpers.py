@@ -55,30 +55,59 @@ class DirectServer:
     def __init__(self, model: Path, runs_dir: Path, port: int, tp: int = 2) -> None:
         run_id = new_run_id("vllm-tp2")
         self.run = RunDir(runs_dir / run_id).create()
-        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-                "--tensor-parallel-size", str(tp), "--distributed-executor-backend", "mp",
-                "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
+        argv = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model),
+            "--tensor-parallel-size",
+            str(tp),
+            "--distributed-executor-backend",
+            "mp",
+            "--enforce-eager",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "0|1"}
         base = f"http://127.0.0.1:{port}"
         self.spec = LaunchSpec(
-            run_id=run_id, run_dir=str(self.run.path), engine="vllm", model=str(model), tp=tp,
-            profiles=["default"], runtime="local", host="127.0.0.1", port=port, argv=argv,
-            env=env, health_url=base + "/health", base_url=base, served_model_name=str(model),
+            run_id=run_id,
+            run_dir=str(self.run.path),
+            engine="vllm",
+            model=str(model),
+            tp=tp,
+            profiles=["default"],
+            runtime="local",
+            host="127.0.0.1",
+            port=port,
+            argv=argv,
+            env=env,
+            health_url=base + "/health",
+            base_url=base,
+            served_model_name=str(model),
             device="cpu",
         )
         self.run.launch_spec.write_text(self.spec.to_json())
         self._log = open(self.run.server_log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            argv,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
 
     def wait_healthy(self, deadline_s: float = 400.0) -> None:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.proc.returncode}; see "
-                                   f"{self.run.server_log}")
+                raise RuntimeError(
+                    f"vLLM exited with {self.proc.returncode}; see {self.run.server_log}"
+                )
             try:
                 if httpx.get(self.spec.health_url, timeout=2).status_code == 200:
                     return
@@ -89,8 +118,11 @@ class DirectServer:
 
     def warm_up(self) -> None:
         """The first request compiles kernels (minutes on a busy 2-core box): do it first."""
-        r = httpx.post(self.spec.base_url + "/v1/completions", timeout=600, json={
-            "model": self.spec.served_model_name, "prompt": "hello", "max_tokens": 4})
+        r = httpx.post(
+            self.spec.base_url + "/v1/completions",
+            timeout=600,
+            json={"model": self.spec.served_model_name, "prompt": "hello", "max_tokens": 4},
+        )
         r.raise_for_status()
 
     def root_pid(self) -> int | None:

@@ -26,7 +26,11 @@ def test_flag_arguments_masked() -> None:
     )
     assert r.text("--hf-token=abc12345") == f"--hf-token={MASK}"
     assert r.argv(["serve", "--api-key", "sk-123456", "--tp", "2"]) == [
-        "serve", "--api-key", MASK, "--tp", "2"
+        "serve",
+        "--api-key",
+        MASK,
+        "--tp",
+        "2",
     ]
 
 

@@ -64,18 +64,17 @@ def test_split_prefixed_pdsh_and_srun_label() -> None:
 
 
 def test_parse_node_output() -> None:
-    node = parse_node_output(node_text("node-5", {100: "vllm_worker_tp0_all_reduce.txt"},
-                                       {100: "S"}))
+    node = parse_node_output(
+        node_text("node-5", {100: "vllm_worker_tp0_all_reduce.txt"}, {100: "S"})
+    )
     assert node.host == "node-5" and node.complete and node.pids == [100]
     assert node.procs[100].state == "S" and node.procs[100].threads == 48
     assert len(node.stacks[100]) == 2 and "all_reduce" in node.stacks[100][0]
 
 
 def test_merge_names_the_node_in_every_process_line(tmp_path: Path) -> None:
-    n5 = parse_node_output(node_text("node-5", {100: "vllm_worker_tp0_all_reduce.txt"},
-                                     {100: "S"}))
-    n8 = parse_node_output(node_text("node-8", {101: "vllm_worker_tp0_all_reduce.txt"},
-                                     {101: "T"}))
+    n5 = parse_node_output(node_text("node-5", {100: "vllm_worker_tp0_all_reduce.txt"}, {100: "S"}))
+    n8 = parse_node_output(node_text("node-8", {101: "vllm_worker_tp0_all_reduce.txt"}, {101: "T"}))
     out = capture_remote(tmp_path / "b", [n5, n8])
     lines = (out / "processes.txt").read_text().splitlines()
     assert lines[0].startswith("NODE")

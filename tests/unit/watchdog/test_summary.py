@@ -28,8 +28,14 @@ def _vllm(stopped: bool) -> list[ProcessReport]:
         ProcessReport(1, "APIServer", "S", 0.0, wait="the event loop", wait_category="event-loop"),
         ProcessReport(2, "EngineCore", "S", 0.0, wait="collective_rpc", wait_category="rpc"),
         ProcessReport(3, "Worker_TP0", "S", 1.0, wait="all_reduce", wait_category="collective"),
-        ProcessReport(4, "Worker_TP1", "T" if stopped else "S", 0.0, wait="all_reduce",
-                      wait_category="collective"),
+        ProcessReport(
+            4,
+            "Worker_TP1",
+            "T" if stopped else "S",
+            0.0,
+            wait="all_reduce",
+            wait_category="collective",
+        ),
     ]
 
 
@@ -54,8 +60,11 @@ def test_rank_outside_the_collective_is_the_odd_one() -> None:
 
 
 def test_spinner_and_gpu_imbalance() -> None:
-    procs = [ProcessReport(1, "rank0", "R", 100.0), ProcessReport(2, "rank1", "S", 0.0),
-             ProcessReport(3, "rank2", "S", 1.0)]
+    procs = [
+        ProcessReport(1, "rank0", "R", 100.0),
+        ProcessReport(2, "rank1", "S", 0.0),
+        ProcessReport(3, "rank2", "S", 1.0),
+    ]
     odd = odd_one_out(procs)
     assert odd is not None and odd.pid == 1 and "spins" in odd.reason
     calm = [ProcessReport(1, "rank0", "S", 1.0), ProcessReport(2, "rank1", "S", 1.0)]
@@ -67,8 +76,13 @@ def test_spinner_and_gpu_imbalance() -> None:
 def test_summary_first_lines_and_table() -> None:
     procs = _vllm(stopped=True)
     v = Verdict("engine-stall", "canary", "no token in 20 s")
-    text = render_summary(verdict=v, detected_at="2026-01-01 00:00:00 UTC", processes=procs,
-                          odd=odd_one_out(procs), files=["stacks/1.txt"])
+    text = render_summary(
+        verdict=v,
+        detected_at="2026-01-01 00:00:00 UTC",
+        processes=procs,
+        odd=odd_one_out(procs),
+        files=["stacks/1.txt"],
+    )
     first, second = text.splitlines()[:2]
     assert first.startswith("engine-stall (canary) detected at 2026-01-01 00:00:00 UTC")
     assert second.startswith("Worker_TP1 stopped (state T)")
