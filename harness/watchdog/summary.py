@@ -30,6 +30,9 @@ _STATE_WORDS = {
 }
 
 
+_TITLE = re.compile(r"^(?:VLLM|sim|LMDeploy)::(?P<role>\S+)")
+
+
 def role_name(name: str, cmdline: Sequence[str], environ: Mapping[str, str] | None = None) -> str:
     """A short, human name for a process: ``Worker_TP1``, ``EngineCore``, ``rank0``, ...
 
@@ -38,8 +41,10 @@ def role_name(name: str, cmdline: Sequence[str], environ: Mapping[str, str] | No
     """
     first = cmdline[0] if cmdline else ""
     for candidate in (first, name):
-        if candidate.startswith("VLLM::"):
-            return candidate[len("VLLM::") :].strip() or candidate
+        # vLLM's setproctitle names (``VLLM::Worker_TP1``) and the simulator's (``sim::...``).
+        m = _TITLE.match(candidate)
+        if m:
+            return m["role"]
     joined = " ".join(cmdline)
     env = environ or {}
     if "RANK" in env and ("TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env):

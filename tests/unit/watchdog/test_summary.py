@@ -91,3 +91,7 @@ def test_summary_first_lines_and_table() -> None:
     assert table.splitlines()[0].startswith("PID")
     multi = processes_table([ProcessReport(5, "rank0", "S", host="node-5")])
     assert multi.splitlines()[1].startswith("node-5  5")
+
+
+def test_simulator_process_titles() -> None:
+    assert role_name("python", ["sim::Worker_TP1"]) == "Worker_TP1"
