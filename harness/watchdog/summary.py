@@ -139,7 +139,9 @@ def odd_one_out(
         for p in processes:
             if p.state in states:
                 return OddOne(p.pid, p.label, reason)
-    spinner = lone_spinner([_sample(p) for p in processes if p.python])
+    # Naming only (the spin rule itself is stricter): py-spy pauses processes while it reads
+    # them, so a spinner measures below 100 % during the capture.
+    spinner = lone_spinner([_sample(p) for p in processes if p.python], busy=50.0, idle=10.0)
     if spinner is not None:
         return OddOne(
             spinner.pid,
