@@ -128,6 +128,7 @@ class _Stats:
         self.slo = slo
         self.windows = WindowSeries(window_s, slo)
         self.last_finish: float = 0.0
+        self._window_index = 0
 
     def add(self, rec: Record, finished_s: float) -> None:
         status = rec["status"]
@@ -148,6 +149,11 @@ class _Stats:
             if self.slo.active and self.slo.met(rec):
                 self.good += 1
         self.windows.add(finished_s, rec)
+        index = int(finished_s // self.windows.width_s)
+        if index != self._window_index:
+            # Reduce windows that ended a full window ago, so their samples are freed.
+            self._window_index = index
+            self.windows.close_before(finished_s - self.windows.width_s)
 
     @property
     def finished(self) -> int:

@@ -54,7 +54,7 @@ def percentiles(values: Sequence[float] | np.ndarray[Any, Any]) -> dict[str, flo
 class Distribution:
     """A bounded-memory distribution of non-negative samples (milliseconds, tokens, ...)."""
 
-    exact_limit: int = 50_000
+    exact_limit: int = 20_000
     count: int = 0
     total: float = 0.0
     minimum: float = math.inf
