@@ -74,6 +74,8 @@ class Arrivals:
         if s >= at_end:
             return big_t + (s - at_end) / r1
         a = (r1 - r0) / (2 * big_t)
+        if s <= 0.0:
+            return 0.0
         if abs(a) < 1e-15:
             return s / r0
         # a·t² + r0·t - s = 0, the root in [0, T]; written to stay exact when r0 = 0.

@@ -255,7 +255,8 @@ def parse_workload(text: str, filename: str = "<workload>") -> Workload:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        lineno = _line_of(node, loc)
+        tag_error = err["type"] in ("union_tag_invalid", "union_tag_not_found")
+        lineno = _line_of(node, (*loc, "dist") if tag_error else loc)
         where = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
         raise WorkloadError(
             f"{filename}:{lineno}: {where}: {_explain(err, loc)}",
