@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -15,7 +16,7 @@ from rich.table import Table
 from harness.cli.options import runs_dir_option
 from harness.cli.planopts import build_spec, plan_options, pop_plan_options
 from harness.engines import get_adapter
-from harness.errors import EngineNotInstalled, StartupFailed
+from harness.errors import EngineNotInstalled, HangDetected, StartupFailed
 from harness.rundir import RunDir, list_runs, open_run, runs_root
 from harness.runtime.base import ServerHandle
 from harness.runtime.local import (
@@ -27,6 +28,9 @@ from harness.runtime.local import (
 )
 from harness.runtime.startup import StartupResult, wait_until_healthy
 from harness.spec import LaunchSpec
+from harness.watchdog.capture import Incident
+from harness.watchdog.monitor import capture_startup_hang, watch_server
+from harness.watchdog.rules import Verdict
 
 
 class _Terminate(Exception):
@@ -179,9 +183,11 @@ def serve(
         sig: signal.signal(sig, _raise_terminate) for sig in (signal.SIGTERM, signal.SIGHUP)
     }
     handle: ServerHandle | None = None
+    live: list[ServerHandle] = []
     keep_running = False
     try:
         handle = start_server(spec, run)
+        live.append(handle)
         console.print(f"started {spec.engine}: {handle.describe()}")
         result = wait_for_startup(handle, console)
         if not result.healthy:
@@ -198,39 +204,76 @@ def serve(
             return
         console.print("Ctrl-C stops the server.")
         stop_event = threading.Event()
+
+        def restart() -> ServerHandle:
+            """--on-hang restart: a fresh server under the same plan and run directory."""
+            fresh = start_server(spec, run)
+            live.append(fresh)
+            started = wait_for_startup(fresh, console)
+            if not started.healthy:
+                raise StartupFailed("restart after a hang: " + _startup_message(spec, started))
+            run.write_state(status="healthy", restarts=len(live) - 1)
+            console.print(f"[bold green]restarted[/] in {started.elapsed_s:.1f} s")
+            return fresh
+
         # WATCHDOG HOOK: the hang watchdog runs here while the server lives.
-        code = _watch(handle, spec, console, stop_event)
+        incidents: list[Incident] = []
+        code = _watch(handle, spec, console, stop_event, restart, incidents.append)
+        handle = live[-1]
         if code != 0:
-            tail = "\n".join(tail_lines(run.server_log, 15))
-            console.print(f"[red]server stopped[/] (see {run.server_log})\n{tail}")
-            if handle.poll() is not None:
-                raise StartupFailed(f"the server exited with code {handle.poll()}")
+            _report_end(handle, incidents, console)
         raise SystemExit(code)
     except (KeyboardInterrupt, _Terminate):
         console.print("stopping ...")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if handle is not None and not keep_running:
-            handle.stop()
-            run.write_state(status="stopped", stopped_at=time.time())
-            console.print(f"stopped; run directory: {run.path}")
+        if not keep_running:
+            for started in reversed(live):
+                started.stop()
+            if live:
+                run.write_state(status="stopped", stopped_at=time.time())
+                console.print(f"stopped; run directory: {run.path}")
 
 
 def _watch(
-    handle: ServerHandle, spec: LaunchSpec, console: Console, stop_event: threading.Event
+    handle: ServerHandle,
+    spec: LaunchSpec,
+    console: Console,
+    stop_event: threading.Event,
+    restart: Callable[[], ServerHandle],
+    on_incident: Callable[[Incident], None],
 ) -> int:
     if not spec.watch.enabled:
         return _wait_until_exit(handle, stop_event)
-    try:
-        from harness.watchdog.monitor import watch_server  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return _wait_until_exit(handle, stop_event)
-    return int(watch_server(handle, spec.watch, console=console, stop_event=stop_event))
+    return watch_server(
+        handle,
+        spec.watch,
+        console=console,
+        stop_event=stop_event,
+        restart=restart,
+        on_incident=on_incident,
+    )
+
+
+def _report_end(handle: ServerHandle, incidents: list[Incident], console: Console) -> None:
+    """After the watch ended on a hang or a crash: one line saying which, and where to look."""
+    run = handle.run
+    if incidents:
+        last = incidents[-1]
+        kept = handle.poll() is None
+        raise HangDetected(
+            f"{last.verdict.kind}: {last.headline}",
+            hint=f"read {last.summary_path}"
+            + (f"; the server is still running: harness down {run.run_id}" if kept else ""),
+        )
+    tail = "\n".join(tail_lines(run.server_log, 15))
+    console.print(f"[red]server stopped[/] (see {run.server_log})\n{tail}")
+    raise StartupFailed(f"the server exited with code {handle.poll()}")
 
 
 def _startup_failed(handle: ServerHandle, result: StartupResult, console: Console) -> bool:
-    """Report a failed start; returns True when the server is kept for a human."""
+    """Report a failed start and capture an incident; True when the server is kept for a human."""
     run = handle.run
     tail = tail_lines(run.server_log, 20)
     if tail:
@@ -238,11 +281,24 @@ def _startup_failed(handle: ServerHandle, result: StartupResult, console: Consol
         for line in tail:
             console.print(f"  [dim]{line}[/]", markup=False, highlight=False)
     run.write_state(status=f"startup-{result.outcome}")
-    keep = result.outcome != "exited" and handle.spec.watch.on_hang == "keep"
+    spec = handle.spec
+    if spec.watch.enabled:
+        kind, rule = (
+            ("crash", "exit")
+            if result.outcome == "exited"
+            else (
+                "startup-hang",
+                "health-deadline" if result.outcome == "timeout" else "log-silence",
+            )
+        )
+        verdict = Verdict(kind, rule, _startup_message(spec, result))
+        incident = capture_startup_hang(handle, verdict, console=console)
+        console.print(f"incident: {incident.summary_path}")
+    keep = result.outcome != "exited" and spec.watch.on_hang == "keep"
     if keep:
         console.print(
-            f"keeping the server for inspection: harness dump {handle.spec.run_id}; "
-            f"harness down {handle.spec.run_id}"
+            f"keeping the server for inspection: harness dump {spec.run_id}; "
+            f"harness down {spec.run_id}"
         )
     return keep
 

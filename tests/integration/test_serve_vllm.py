@@ -202,6 +202,8 @@ def test_startup_deadline_stops_the_group(model: Path, runs_dir: Path) -> None:
         assert "not healthy after" in proc.stderr and "startup deadline" in proc.stderr
         assert "Traceback" not in proc.stderr
         assert state["status"] == "stopped"
+        summary = (run / "incidents" / "1" / "summary.md").read_text()
+        assert summary.startswith("startup-hang"), summary[:300]
         assert (
             not psutil.pid_exists(state["pid"])
             or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE

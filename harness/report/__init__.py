@@ -1,0 +1,1 @@
+"""Pure statistics and rendering of recorded runs."""
