@@ -170,7 +170,9 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     stacks = list((bundle / "stacks").glob("*.txt"))
     assert len(stacks) >= 4
     assert any("all_reduce" in s.read_text() for s in stacks)
-    assert roles["Worker_TP0"]["wait"] == "all_reduce"
+    # Where the healthy rank waits depends on where in the step its peer was stopped: the
+    # attention/MLP all_reduce or the logits all_gather.
+    assert roles["Worker_TP0"]["wait"] in {"all_reduce", "all_gather_into_tensor", "all_gather"}
     for name in (
         "processes.txt",
         "env.txt",
