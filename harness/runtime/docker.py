@@ -21,7 +21,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -328,6 +328,11 @@ class LogFollower:
                 stream.close()
         self._thread.join(timeout_s)
 
+    def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most ``timeout_s``) for the stream to end by itself: after the container
+        exited, its last lines are still on the way."""
+        self._thread.join(timeout_s)
+
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
@@ -439,7 +444,12 @@ class DockerHandle:
         with self._lock:
             grace = self.spec.deadlines.stop_grace_s if grace_s is None else grace_s
             if not self._removed:
-                code = _stop_and_remove(self.container, grace)
+                follower = self._follower
+                code = _stop_and_remove(
+                    self.container,
+                    grace,
+                    before_remove=(lambda _c: follower.drain(5.0)) if follower else None,
+                )
                 if self._exit_code is None:
                     self._exit_code = code
                 self._removed = True
@@ -455,9 +465,13 @@ class DockerHandle:
         return f"container {self.name} ({self.id[:12]}) image {c.image}{pid}"
 
 
-def _stop_and_remove(container: Container, grace_s: float) -> int | None:
+def _stop_and_remove(
+    container: Container,
+    grace_s: float,
+    before_remove: Callable[[Container], object] | None = None,
+) -> int | None:
     """Stop with escalation and remove; the exit code when known. Never raises for a container
-    that is already gone."""
+    that is already gone. ``before_remove`` runs on the stopped container (e.g. to save logs)."""
     code: int | None = None
     try:
         # Docker sends SIGTERM, waits ``timeout`` seconds, then SIGKILLs the whole container;
@@ -475,6 +489,8 @@ def _stop_and_remove(container: Container, grace_s: float) -> int | None:
         return None
     except (APIError, requests.RequestException):
         code = None
+    if before_remove is not None:
+        before_remove(container)
     try:
         container.remove(force=True, v=True)
     except NotFound:
@@ -546,6 +562,43 @@ class DockerRuntime:
             container_pid=handle.container_pid(),
         )
         return handle
+
+    def attach(self, spec: LaunchSpec, run: RunDir, *, follow_logs: bool = False) -> DockerHandle:
+        """A handle on the already running container of ``spec`` (e.g. after ``serve
+        --detach``, for ``harness dump`` or a watchdog), found by its run-id label."""
+        run_id = spec.run_id
+        try:
+            found = self.client.containers.list(all=True, filters=_label_filter(run_id))
+        except (APIError, requests.RequestException) as exc:
+            raise DockerProblem(f"cannot list containers: {_explain(exc)}") from None
+        if not found:
+            raise DockerProblem(
+                f"no container for run {run_id}", hint="`harness ps` lists the running ones"
+            )
+        container = found[0]
+        follower: LogFollower | None = None
+        if follow_logs:
+            follower = LogFollower(container, run.server_log)
+            follower.start()
+        return DockerHandle(spec, run, container, follower)
+
+
+def container_pids(name_or_id: str, client: docker.DockerClient | None = None) -> list[int]:
+    """Host PIDs of every process in a container (``docker top``), init process included;
+    what py-spy on the host needs to dump processes inside it."""
+    client = client or docker_client()
+    try:
+        container = client.containers.get(name_or_id)
+        top = container.top(ps_args="-eo pid")
+    except NotFound:
+        raise DockerProblem(
+            f"no container {name_or_id}", hint="`harness ps` or `docker ps` lists them"
+        ) from None
+    except (APIError, requests.RequestException) as exc:
+        raise DockerProblem(f"cannot list processes of {name_or_id}: {_explain(exc)}") from None
+    titles = [str(t).upper() for t in top.get("Titles") or []]
+    col = titles.index("PID") if "PID" in titles else 0
+    return [int(row[col]) for row in top.get("Processes") or [] if str(row[col]).isdigit()]
 
 
 def _ensure_image(client: docker.DockerClient, image: str) -> None:
@@ -652,6 +705,26 @@ def docker_ps(client: docker.DockerClient | None = None) -> list[dict[str, Any]]
     return rows
 
 
+CONTAINER_LOG = "container.log"
+
+
+def save_container_log(container: Container) -> Path | None:
+    """Copy a container's whole output to ``<run dir>/container.log`` before it is removed
+    (its Docker log goes with it). For containers nobody followed to the end: orphans and
+    ``serve --detach`` runs. Best effort: returns the file, or None."""
+    run_dir = (container.labels or {}).get(LABEL_RUN_DIR)
+    if not run_dir or not os.path.isdir(run_dir):
+        return None
+    path = Path(run_dir) / CONTAINER_LOG
+    try:
+        with open(path, "wb") as out:
+            for chunk in container.logs(stream=True, follow=False, stdout=True, stderr=True):
+                out.write(chunk)
+    except (OSError, APIError, requests.RequestException):
+        return None
+    return path
+
+
 def docker_down(
     run_id: str | None = None,
     *,
@@ -661,7 +734,9 @@ def docker_down(
 ) -> list[str]:
     """Stop (SIGTERM, then SIGKILL after the grace) and remove harness containers: the one of
     ``run_id``, or all of them with ``all_runs``. Returns the names removed. Containers are
-    stopped in parallel so ``down --all`` takes one grace period, not one per container."""
+    stopped in parallel so ``down --all`` takes one grace period, not one per container. Each
+    container's output is saved to ``<run dir>/container.log`` first (when the run directory
+    is on this host)."""
     if not run_id and not all_runs:
         raise BadInput("name a run id, or use --all to stop every harness container")
     client = client or docker_client()
@@ -678,7 +753,7 @@ def docker_down(
                 grace = float(labels.get(LABEL_STOP_GRACE, "10"))
             except ValueError:
                 grace = 10.0
-        _stop_and_remove(container, grace)
+        _stop_and_remove(container, grace, before_remove=save_container_log)
         return str(container.name)
 
     if not containers:

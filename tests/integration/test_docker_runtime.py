@@ -24,7 +24,13 @@ from harness.containerplan import LABEL_RUN_ID, container_spec, engine_bind_host
 from harness.errors import DockerProblem
 from harness.profiles import ContainerOptions
 from harness.rundir import RunDir
-from harness.runtime.docker import DockerHandle, DockerRuntime, docker_down, docker_ps
+from harness.runtime.docker import (
+    DockerHandle,
+    DockerRuntime,
+    container_pids,
+    docker_down,
+    docker_ps,
+)
 from harness.spec import LaunchSpec
 from tests.conftest import REPO, free_port, require
 from tests.integration.dockerutil import (
@@ -177,6 +183,9 @@ def test_container_has_the_planned_settings(
     assert proc.rlimit(psutil.RLIMIT_CORE) == (psutil.RLIM_INFINITY, psutil.RLIM_INFINITY)
     assert handle.container_pid() not in handle.pids()  # the init process is not the server
     assert handle.name in handle.describe()
+    assert set(container_pids(handle.name)) == {handle.container_pid(), *handle.pids()}
+    attached = DockerRuntime().attach(spec, RunDir(Path(spec.run_dir)))
+    assert (attached.id, attached.root_pid(), attached.poll()) == (handle.id, root, None)
 
     # Output streams into server.log.
     httpx.get(f"{spec.base_url}/config.json", timeout=5)
@@ -322,6 +331,8 @@ def test_orphan_of_a_killed_harness_is_found_and_removed(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert labelled(client, run_id) == []
+    # Its output, no longer followed by anyone, was saved before the container went.
+    assert "Serving HTTP" in (Path(spec.run_dir) / "container.log").read_text()
 
 
 def test_down_all_leaves_no_labelled_container(

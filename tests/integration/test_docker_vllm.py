@@ -33,7 +33,7 @@ from tests.integration.dockerutil import (
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
 HARNESS = [sys.executable, "-m", "harness"]
-STARTUP_S = 900.0
+STARTUP_S = 600.0
 
 
 @pytest.fixture
