@@ -211,7 +211,16 @@ def test_container_name_is_docker_safe() -> None:
 
 def test_spec_serialises_to_the_contract_keys() -> None:
     data = plan(options=ContainerOptions(cap_add=["SYS_PTRACE"])).model_dump(mode="json")
-    for key in ("image", "ipc_mode", "network_mode", "shm_size", "cap_add", "ulimits",
-                "volumes", "gpus", "labels"):
+    for key in (
+        "image",
+        "ipc_mode",
+        "network_mode",
+        "shm_size",
+        "cap_add",
+        "ulimits",
+        "volumes",
+        "gpus",
+        "labels",
+    ):
         assert key in data
     assert data["volumes"]["/models/tiny"] == {"bind": "/models/tiny", "mode": "ro"}
