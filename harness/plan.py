@@ -161,11 +161,18 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
             validate_fault(fault)
 
     in_container = request.runtime == "docker"
+    bind_host = request.host
+    if in_container:
+        from harness.containerplan import engine_bind_host
+
+        # In a bridge network the engine listens on every container interface; Docker publishes
+        # the port on the requested host address only.
+        bind_host = engine_bind_host(composed.container.network_mode or "host", request.host)
     launch = LaunchRequest(
         model=request.model,
         served_model_name=served_model_name(request.model),
         tp=request.tp,
-        host=request.host,
+        host=bind_host,
         port=request.port,
         python="python3" if in_container else host.python,
         device=host.device,

@@ -346,9 +346,8 @@ def ps(runs_dir: str | None) -> None:
         )
         rows += 1
     for row in _docker_rows():
-        table.add_row(
-            row["run_id"], "docker", row["engine"], str(row["tp"]), row["status"], row["name"]
-        )
+        status = str(row["status"]) + (" (orphan)" if row.get("orphan") else "")
+        table.add_row(row["run_id"], "docker", row["engine"], str(row["tp"]), status, row["name"])
         rows += 1
     if rows:
         console.print(table)

@@ -161,3 +161,19 @@ def test_spec_roundtrips_through_json() -> None:
         "base_url",
         "deadlines",
     } <= keys
+
+
+def test_bridge_network_binds_all_interfaces_inside_but_publishes_on_loopback(
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    bridge = Path(str(tmp_path)) / "bridge.yaml"
+    bridge.write_text("container:\n  network_mode: bridge\n  ipc_mode: private\n")
+    spec = make_plan(request(runtime="docker", profiles=("default", str(bridge))), CPU)
+    assert spec.argv[spec.argv.index("--host") + 1] == "0.0.0.0"
+    assert spec.base_url == "http://127.0.0.1:8000"
+    assert spec.container is not None
+    assert spec.container.ports == {"8000/tcp": ("127.0.0.1", 8000)}
+    host_net = make_plan(request(runtime="docker"), CPU)
+    assert host_net.argv[host_net.argv.index("--host") + 1] == "127.0.0.1"
