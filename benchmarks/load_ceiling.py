@@ -1,17 +1,27 @@
 """Client ceiling: ``harness load`` vs ``vllm bench serve`` against a near-zero-cost server.
 
-The server is ``harness sim --ttft-ms 0 --itl-ms 0`` (every answer written at once) pinned to
-one core; each client is pinned to the other. Workload: 32-token prompts, 16-token streams, 64
-in flight, N requests; median of R repeats, clients interleaved. Then schedule accuracy
-(``--rate R --arrival constant``) and memory over a long run.
+The server (``--server fast``, the default) is ``benchmarks/fast_openai_server.py``: cached,
+pre-built answers, so the client is what limits the run; ``--server sim`` uses
+``harness sim --ttft-ms 0 --itl-ms 0`` instead. The server is pinned to core 1, each client to
+core 0. First the server's own ceiling under ``wrk`` (a C client; skipped when wrk is not
+installed). Workload: 32-token prompts, 16-token streams, 64 in flight, N requests; median of R
+repeats, clients interleaved; each run records the CPU share of its core the server used. Then
+schedule accuracy (``--rate R --arrival constant``) and memory over a long run.
 
-    python benchmarks/load_ceiling.py [--requests 4000] [--repeats 3] [--memory-requests 100000]
+``--max-load L`` waits (up to 30 min) before each measurement until the 1-minute load average
+is below L, so that final numbers come from a quiet machine.
+
+    python benchmarks/load_ceiling.py [--server fast|sim] [--requests 4000] [--repeats 3]
+        [--max-load 0.6] [--memory-requests 100000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -23,6 +33,63 @@ import psutil
 from load_common import PY, free_port, harness_load, median, server, taskset, tiny_model, vllm_bench
 
 SERVER_CORE, CLIENT_CORE = "1", "0"
+HERE = Path(__file__).resolve().parent
+OUT_TOKENS = 16
+
+
+def quiet(max_load: float | None, deadline_s: float = 1800.0) -> float:
+    """Wait until the 1-minute load average is below ``max_load``; return it."""
+    end = time.monotonic() + deadline_s
+    while True:
+        load = os.getloadavg()[0]
+        if max_load is None or load < max_load:
+            return load
+        if time.monotonic() > end:
+            raise RuntimeError(f"load average still {load:.2f} after {deadline_s:.0f} s")
+        print(f"load average {load:.2f} >= {max_load}: waiting", flush=True)
+        time.sleep(15)
+
+
+class CpuShare:
+    """CPU time (user+system) the server process used over a block, as a share of wall time."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+
+    def __enter__(self) -> CpuShare:
+        t = self.proc.cpu_times()
+        self.c0, self.t0 = t.user + t.system, time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t = self.proc.cpu_times()
+        self.cpu_s = t.user + t.system - self.c0
+        self.wall_s = time.monotonic() - self.t0
+
+
+def wrk_ceiling(url: str, api: str, seconds: int) -> dict[str, Any] | None:
+    """The server's ceiling under wrk (1 thread, 64 connections, on the client core)."""
+    if shutil.which("wrk") is None:
+        return None
+    path = "/v1/chat/completions" if api == "chat" else "/v1/completions"
+    cmd = [
+        *taskset(CLIENT_CORE),
+        "wrk",
+        "-t1",
+        "-c64",
+        f"-d{seconds}s",
+        "-s",
+        str(HERE / "wrk_stream.lua"),
+        url + path,
+    ]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {
+        "req_s": float(m.group(1)) if m else None,
+        "socket_errors": errors.group(0) if errors else None,
+        "cmd": " ".join(cmd),
+    }
 
 
 def main() -> None:
@@ -33,11 +100,23 @@ def main() -> None:
     ap.add_argument("--memory-requests", type=int, default=100_000)
     ap.add_argument("--skip", default="", help="comma list of: ceiling,schedule,memory")
     ap.add_argument("--out", default="benchmarks/results/load_ceiling.json")
+    ap.add_argument("--server", choices=("fast", "sim"), default="fast")
+    ap.add_argument("--max-load", type=float, default=None, help="wait for a quiet machine")
+    ap.add_argument("--wrk-seconds", type=int, default=10)
     args = ap.parse_args()
     skip = set(args.skip.split(","))
     tok = tiny_model(Path(tempfile.gettempdir()) / "harness-bench-tiny")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    fast = [
+        *taskset(SERVER_CORE),
+        PY,
+        str(HERE / "fast_openai_server.py"),
+        "--port",
+        str(port),
+        "--model",
+        "sim-model",
+    ]
     sim = [
         *taskset(SERVER_CORE),
         PY,
@@ -55,43 +134,64 @@ def main() -> None:
         "--stats-interval",
         "0",
     ]
+    argv = fast if args.server == "fast" else sim
     results: dict[str, Any] = {
-        "server": " ".join(sim),
+        "server": " ".join(argv),
+        "max_load": args.max_load,
+        "server_wrk": {},
         "ceiling": {},
         "schedule": [],
         "memory": None,
     }
     n = args.requests
-    with server(sim, url + "/health"):
+    with server(argv, url + "/health") as srv:
+        # taskset execs the server, so the pid is the server's.
+        share = CpuShare(srv.pid)
+        if "wrk" not in skip:
+            for api in ("chat", "completions"):
+                load = quiet(args.max_load)
+                with share:
+                    w = wrk_ceiling(url, api, args.wrk_seconds)
+                if w is not None:
+                    w["server_cpu_share"] = round(share.cpu_s / share.wall_s, 3)
+                    w["load_avg_1m"] = load
+                results["server_wrk"][api] = w
+                print("wrk", api, w, flush=True)
         if "ceiling" not in skip:
             runs: dict[str, list[dict[str, Any]]] = {}
             for rep in range(args.repeats):
                 for api in ("chat", "completions"):
-                    h = harness_load(
-                        url,
-                        [
-                            "-w",
-                            "chat-short",
-                            "--api",
-                            api,
-                            "--prompt-tokens",
-                            "32",
-                            "--max-tokens",
-                            "16",
-                            "-c",
-                            "64",
-                            "-n",
-                            str(n),
-                            "--seed",
-                            str(rep),
-                        ],
-                        CLIENT_CORE,
-                    )
+                    load = quiet(args.max_load)
+                    with share:
+                        h = harness_load(
+                            url,
+                            [
+                                "-w",
+                                "chat-short",
+                                "--api",
+                                api,
+                                "--prompt-tokens",
+                                "32",
+                                "--max-tokens",
+                                "16",
+                                "-c",
+                                "64",
+                                "-n",
+                                str(n),
+                                "--seed",
+                                str(rep),
+                            ],
+                            CLIENT_CORE,
+                        )
                     assert h["_lines"] == n and h["requests"]["completed"] == n
+                    assert h["tokens"]["output"] == OUT_TOKENS * n, h["tokens"]
                     runs.setdefault(f"harness/{api}", []).append(
                         {
                             "req_s": h["throughput"]["requests_per_s"],
                             "tok_s": h["throughput"]["output_tokens_per_s"],
+                            "output_tokens": h["tokens"]["output"],
+                            "server_cpu_share": _share(share, n, h["throughput"]["requests_per_s"]),
+                            "load_avg_1m": load,
                             "cmd": h["_cmd"],
                         }
                     )
@@ -100,34 +200,43 @@ def main() -> None:
                         if api == "chat"
                         else ["--backend", "openai", "--endpoint", "/v1/completions"]
                     )
-                    v = vllm_bench(
-                        url,
-                        [
-                            *backend,
-                            "--model",
-                            "sim-model",
-                            "--tokenizer",
-                            str(tok),
-                            "--dataset-name",
-                            "random",
-                            "--random-input-len",
-                            "32",
-                            "--random-output-len",
-                            "16",
-                            "--ignore-eos",
-                            "--num-prompts",
-                            str(n),
-                            "--max-concurrency",
-                            "64",
-                            "--seed",
-                            str(rep),
-                        ],
-                        CLIENT_CORE,
+                    load = quiet(args.max_load)
+                    with share:
+                        v = vllm_bench(
+                            url,
+                            [
+                                *backend,
+                                "--model",
+                                "sim-model",
+                                "--tokenizer",
+                                str(tok),
+                                "--dataset-name",
+                                "random",
+                                "--random-input-len",
+                                "32",
+                                "--random-output-len",
+                                "16",
+                                "--ignore-eos",
+                                "--num-prompts",
+                                str(n),
+                                "--max-concurrency",
+                                "64",
+                                "--seed",
+                                str(rep),
+                            ],
+                            CLIENT_CORE,
+                        )
+                    assert v["completed"] == n and v["total_output_tokens"] == OUT_TOKENS * n, (
+                        v["completed"],
+                        v["total_output_tokens"],
                     )
                     runs.setdefault(f"vllm-bench/{api}", []).append(
                         {
                             "req_s": v["request_throughput"],
                             "tok_s": v["output_throughput"],
+                            "output_tokens": v["total_output_tokens"],
+                            "server_cpu_share": _share(share, n, v["request_throughput"]),
+                            "load_avg_1m": load,
                             "cmd": v["_cmd"],
                         }
                     )
@@ -143,11 +252,22 @@ def main() -> None:
                     "req_s_median": median([r["req_s"] for r in rs]),
                     "tok_s_median": median([r["tok_s"] for r in rs]),
                     "req_s_all": [r["req_s"] for r in rs],
+                    "tok_s_all": [r["tok_s"] for r in rs],
+                    "server_cpu_share_all": [r["server_cpu_share"] for r in rs],
+                    "load_avg_1m_all": [r["load_avg_1m"] for r in rs],
                     "cmd": rs[0]["cmd"],
                 }
+            c = results["ceiling"]
+            results["ratio_req_s"] = {
+                api: round(
+                    c[f"harness/{api}"]["req_s_median"] / c[f"vllm-bench/{api}"]["req_s_median"], 3
+                )
+                for api in ("chat", "completions")
+            }
         if "schedule" not in skip:
             for rate in [float(r) for r in args.rates.split(",")]:
                 count = int(rate * 5)
+                quiet(args.max_load)
                 h = harness_load(
                     url,
                     [
@@ -177,6 +297,7 @@ def main() -> None:
                 }
                 results["schedule"].append(entry)
                 print(entry, flush=True)
+            quiet(args.max_load)
             v = vllm_bench(
                 url,
                 [
@@ -213,12 +334,19 @@ def main() -> None:
             )
             print(results["schedule"][-1], flush=True)
         if "memory" not in skip:
+            quiet(args.max_load)
             results["memory"] = memory_run(url, args.memory_requests)
             print(results["memory"], flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "server"}, indent=2))
+
+
+def _share(share: CpuShare, n: int, req_s: float) -> float:
+    """The server's CPU share of its core over the measured part of a run (n / req_s seconds;
+    the client's start-up, e.g. vllm bench building its dataset, costs the server nothing)."""
+    return round(share.cpu_s / (n / req_s), 3)
 
 
 def memory_run(url: str, n: int) -> dict[str, Any]:
