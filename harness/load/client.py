@@ -19,7 +19,7 @@ import httpx
 
 from harness.load.factory import PlannedRequest
 from harness.load.sse import SSEDecoder, SSEMode, StreamAccount, error_from_body
-from harness.load.transport import LeanTransport
+from harness.load.transport import LeanClient, LeanResponse
 
 Status = Literal["ok", "failed", "stalled", "aborted"]
 
@@ -93,7 +93,7 @@ def make_client(
 
         kwargs["transport"] = AiohttpTransport(client=session)
     elif transport == "lean":
-        kwargs["transport"] = LeanTransport()
+        return LeanClient(**kwargs)
     else:
         kwargs["transport"] = httpx.AsyncHTTPTransport(limits=limits, retries=0)
     return httpx.AsyncClient(**kwargs)
@@ -124,7 +124,12 @@ async def send_request(
     acc.started = t0
     try:
         async with asyncio.timeout(deadline_s):
-            async with client.stream("POST", planned.path, content=content) as resp:
+            resp: httpx.Response | LeanResponse
+            async with (
+                client.stream_post(planned.path, content)
+                if isinstance(client, LeanClient) and client.lean_for(planned.path)
+                else client.stream("POST", planned.path, content=content)
+            ) as resp:
                 http_status = resp.status_code
                 header_id = resp.headers.get("x-request-id")
                 if http_status != 200:

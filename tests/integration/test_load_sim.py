@@ -313,3 +313,54 @@ def test_stall_callback(tmp_path: Path) -> None:
         summary = asyncio.run(asyncio.wait_for(runner.run(), 120))
     assert summary["requests"]["stalled"] == 2
     assert sorted(r["index"] for r in seen) == [0, 1]
+
+
+def test_lean_shortcut_sends_and_reads_what_httpx_does() -> None:
+    """``LeanClient.stream_post`` (the load's hot path) against httpx's own request path on
+    the same client: same status, headers, body bytes; streamed, plain JSON and an error."""
+    from harness.load.client import make_client
+
+    chat = {"model": "sim-model", "messages": [{"role": "user", "content": "hi"}]}
+    bodies = [
+        {**chat, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}},
+        {**chat, "max_tokens": 3},
+        {**chat, "max_tokens": -1},  # HTTP 400
+    ]
+
+    async def both(url: str) -> list[tuple[Any, ...]]:
+        client = make_client(url, stall_after_s=30, max_connections=4)
+        from harness.load.transport import LeanClient
+
+        assert isinstance(client, LeanClient) and client.lean_for("/v1/chat/completions")
+        out = []
+        try:
+            for body in bodies:
+                content = json.dumps(body).encode()
+                async with client.stream_post("/v1/chat/completions", content) as lean:
+                    lean_body = (
+                        b"".join([p async for p in lean.aiter_raw()])
+                        if body.get("stream")
+                        else await lean.aread()
+                    )
+                    lean_id = lean.headers.get("X-Request-ID")
+                async with client.stream("POST", "/v1/chat/completions", content=content) as ref:
+                    ref_body = await ref.aread()
+                    ref_id = ref.headers.get("x-request-id")
+                out.append(
+                    (lean.status_code, ref.status_code, lean_body, ref_body, lean_id, ref_id)
+                )
+        finally:
+            await client.aclose()
+        return out
+
+    with sim("--seed", "3") as (url, _):
+        results = asyncio.run(both(url))
+    statuses = [(a, b) for a, b, *_ in results]
+    assert statuses == [(200, 200), (200, 200), (400, 400)]
+    for _, _, lean_body, ref_body, lean_id, ref_id in results:
+        # Request ids differ per request; the rest of the body is the same shape.
+        assert lean_body.count(b"data:") == ref_body.count(b"data:")
+        assert len(lean_body) == len(ref_body)
+        assert (lean_id is None) == (ref_id is None)
+    assert results[0][2].endswith(b"data: [DONE]\n\n") and b'"completion_tokens":4' in results[0][2]
+    assert b'"completion_tokens":3' in results[1][2]
