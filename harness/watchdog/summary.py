@@ -67,9 +67,12 @@ def role_name(name: str, cmdline: Sequence[str], environ: Mapping[str, str] | No
         rest = cmdline[1:]
         if rest[0] == "-m" and len(rest) > 1:
             return f"{prog} -m {rest[1]}"
+        if rest[0] == "-c":
+            # An inline program: its text may span lines, and a role is one line.
+            return f"{prog} -c"
         for arg in rest:
             if not arg.startswith("-"):
-                return f"{prog} {os.path.basename(arg)}"[:40]
+                return " ".join(f"{prog} {os.path.basename(arg)}".split())[:40]
     return prog or name or "?"
 
 

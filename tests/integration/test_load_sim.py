@@ -17,6 +17,7 @@ import pytest
 
 from harness.load.runner import LoadConfig, LoadRunner
 from harness.spec import LaunchSpec, LoadLimits
+from tests.conftest import have_module, require
 from tests.integration.test_sim_server import sim
 
 pytestmark = pytest.mark.integration
@@ -127,7 +128,7 @@ def test_stalled_requests_are_recorded_and_the_run_goes_on(runs_dir: Path) -> No
 @pytest.mark.parametrize("http", ["lean", "httpx", "aiohttp"])
 def test_transports_measure_the_same_things(runs_dir: Path, http: str) -> None:
     if http == "aiohttp":
-        pytest.importorskip("httpx_aiohttp")
+        require(have_module("httpx_aiohttp"), "httpx-aiohttp (the dev extra installs it)")
     with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
         res = harness_load(
             runs_dir,

@@ -12,6 +12,8 @@ from harness.watchdog.summary import (
 
 
 def test_role_names() -> None:
+    # An inline program spans lines; a role must stay on one line of summary.md.
+    assert role_name("python3", ["python3", "-c", "import time\ndef f(): pass"]) == "python3 -c"
     assert role_name("VLLM::Worker_TP", ["VLLM::Worker_TP1"]) == "Worker_TP1"
     assert role_name("VLLM::EngineCore", ["VLLM::EngineCore"]) == "EngineCore"
     api = ["python", "-m", "vllm.entrypoints.openai.api_server", "--model", "m"]
