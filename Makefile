@@ -66,7 +66,7 @@ serve: $(SERVE_DEPS)
 		--runtime $(RUNTIME) --port $(PORT) $(SERVE_ARGS)
 
 test: install
-	$(BIN)/pytest -ra
+	$(BIN)/pytest -ra --durations=15
 
 test-unit: $(BIN)/harness
 	$(BIN)/pytest -ra tests/unit
