@@ -8,8 +8,9 @@ installed). Workload: 32-token prompts, 16-token streams, 64 in flight, N reques
 repeats, clients interleaved; each run records the CPU share of its core the server used. Then
 schedule accuracy (``--rate R --arrival constant``) and memory over a long run.
 
-``--max-load L`` waits (up to 30 min) before each measurement until the 1-minute load average
-is below L, so that final numbers come from a quiet machine.
+``--max-load L`` waits (up to 30 min) until the 1-minute load average is below L before each
+wrk run, each repeat of the ceiling, each schedule rate and the memory run, so that final
+numbers come from a quiet machine; every run records the load average at its start.
 
     python benchmarks/load_ceiling.py [--server fast|sim] [--requests 4000] [--repeats 3]
         [--max-load 0.6] [--memory-requests 100000]
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -50,8 +52,19 @@ def quiet(max_load: float | None, deadline_s: float = 1800.0) -> float:
         time.sleep(15)
 
 
+def _busy() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
+def _children() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 class CpuShare:
-    """CPU time (user+system) the server process used over a block, as a share of wall time."""
+    """CPU time (user+system) over a block: the server's, the client's (children that ended
+    in the block), and everybody else's on the machine (``other_s``: a quietness check)."""
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
@@ -59,12 +72,15 @@ class CpuShare:
     def __enter__(self) -> CpuShare:
         t = self.proc.cpu_times()
         self.c0, self.t0 = t.user + t.system, time.monotonic()
+        self.b0, self.k0 = _busy(), _children()
         return self
 
     def __exit__(self, *exc: object) -> None:
         t = self.proc.cpu_times()
         self.cpu_s = t.user + t.system - self.c0
         self.wall_s = time.monotonic() - self.t0
+        self.client_s = _children() - self.k0
+        self.other_s = max(0.0, _busy() - self.b0 - self.cpu_s - self.client_s)
 
 
 def wrk_ceiling(url: str, api: str, seconds: int) -> dict[str, Any] | None:
@@ -155,13 +171,15 @@ def main() -> None:
                 if w is not None:
                     w["server_cpu_share"] = round(share.cpu_s / share.wall_s, 3)
                     w["load_avg_1m"] = load
+                    w["other_cpu_s"] = round(share.other_s, 2)
                 results["server_wrk"][api] = w
                 print("wrk", api, w, flush=True)
         if "ceiling" not in skip:
             runs: dict[str, list[dict[str, Any]]] = {}
             for rep in range(args.repeats):
+                quiet(args.max_load)  # before each repeat (our own runs raise the average too)
                 for api in ("chat", "completions"):
-                    load = quiet(args.max_load)
+                    load = os.getloadavg()[0]
                     with share:
                         h = harness_load(
                             url,
@@ -192,6 +210,8 @@ def main() -> None:
                             "output_tokens": h["tokens"]["output"],
                             "server_cpu_share": _share(share, n, h["throughput"]["requests_per_s"]),
                             "load_avg_1m": load,
+                            "other_cpu_s": round(share.other_s, 2),
+                            "wall_s": round(share.wall_s, 2),
                             "cmd": h["_cmd"],
                         }
                     )
@@ -200,7 +220,7 @@ def main() -> None:
                         if api == "chat"
                         else ["--backend", "openai", "--endpoint", "/v1/completions"]
                     )
-                    load = quiet(args.max_load)
+                    load = os.getloadavg()[0]
                     with share:
                         v = vllm_bench(
                             url,
@@ -237,6 +257,8 @@ def main() -> None:
                             "output_tokens": v["total_output_tokens"],
                             "server_cpu_share": _share(share, n, v["request_throughput"]),
                             "load_avg_1m": load,
+                            "other_cpu_s": round(share.other_s, 2),
+                            "wall_s": round(share.wall_s, 2),
                             "cmd": v["_cmd"],
                         }
                     )
@@ -255,6 +277,7 @@ def main() -> None:
                     "tok_s_all": [r["tok_s"] for r in rs],
                     "server_cpu_share_all": [r["server_cpu_share"] for r in rs],
                     "load_avg_1m_all": [r["load_avg_1m"] for r in rs],
+                    "other_cpu_s_all": [r["other_cpu_s"] for r in rs],
                     "cmd": rs[0]["cmd"],
                 }
             c = results["ceiling"]
