@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rates", default="250,500,1000,1500,2000")
     ap.add_argument("--memory-requests", type=int, default=100_000)
-    ap.add_argument("--skip", default="", help="comma list of: ceiling,schedule,memory")
+    ap.add_argument("--skip", default="", help="comma list of: wrk,ceiling,schedule,memory")
     ap.add_argument("--out", default="benchmarks/results/load_ceiling.json")
     ap.add_argument("--server", choices=("fast", "sim"), default="fast")
     ap.add_argument("--max-load", type=float, default=None, help="wait for a quiet machine")
