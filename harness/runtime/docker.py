@@ -20,9 +20,13 @@ import contextlib
 import math
 import os
 import re
+import subprocess
+import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -282,11 +286,93 @@ class _LogStream(Protocol):
     def close(self) -> None: ...
 
 
+_NS = 1_000_000_000
+# Docker's RFC3339NanoFixed prefix of each message when asked for timestamps (UTC "Z" in
+# practice; an offset is accepted too).
+_TIMESTAMP = re.compile(rb"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d) ")
+_SECONDS_CACHE: dict[bytes, int] = {}
+
+
+def split_timestamp(message: bytes) -> tuple[int | None, bytes]:
+    """One message of a log stream read with ``timestamps=True`` -> (nanoseconds since the
+    epoch, the message as the container wrote it). ``None`` when it carries no timestamp."""
+    match = _TIMESTAMP.match(message)
+    if match is None:
+        return None, message
+    key = match.group(1) + match.group(3)
+    seconds = _SECONDS_CACHE.get(key)
+    if seconds is None:
+        seconds = int(datetime.fromisoformat(key.decode()).timestamp())
+        if len(_SECONDS_CACHE) > 4096:
+            _SECONDS_CACHE.clear()
+        _SECONDS_CACHE[key] = seconds
+    fraction = (match.group(2) or b"").ljust(9, b"0")
+    return seconds * _NS + int(fraction), message[match.end() :]
+
+
+class LogCursor:
+    """How far a copy of a container's log stream got, so another process can go on from there
+    without repeating or losing a message.
+
+    The resume point is ``(since_s, skip)``: ask Docker for the messages since the whole second
+    ``since_s`` and drop those older than it plus the first ``skip`` of the rest. That is exact
+    whatever the daemon's ``since`` granularity: the messages already copied are a prefix of
+    the stream in Docker's order, so those at or after ``since_s`` come first in the answer.
+    ``since_s`` is one second before the newest copied message because stdout and stderr
+    messages are stamped by two goroutines and may be stored slightly out of time order."""
+
+    def __init__(self) -> None:
+        self._recent: deque[int] = deque()
+        self._newest: int | None = None
+
+    def add(self, ts_ns: int | None) -> None:
+        """Count one message as copied (``ts_ns`` from :func:`split_timestamp`)."""
+        if ts_ns is None:
+            return
+        if self._newest is None or ts_ns > self._newest:
+            self._newest = ts_ns
+        floor = self._since_ns()
+        self._recent.append(ts_ns)
+        # Only messages at or after the (only growing) resume second are ever counted.
+        while self._recent and self._recent[0] < floor:
+            self._recent.popleft()
+
+    def _since_ns(self) -> int:
+        return 0 if self._newest is None else max(0, self._newest // _NS - 1) * _NS
+
+    def resume_point(self) -> tuple[int, int]:
+        """``(since_s, skip)``; ``(0, 0)`` (from the start) when nothing was copied."""
+        if self._newest is None:
+            return 0, 0
+        floor = self._since_ns()
+        return floor // _NS, sum(1 for ts in self._recent if ts >= floor)
+
+
+class ResumeFilter:
+    """Which messages of a stream asked ``since=since_s`` were not copied yet (see
+    :class:`LogCursor`)."""
+
+    def __init__(self, since_s: int, skip: int) -> None:
+        self._since_ns = since_s * _NS
+        self._skip = skip
+
+    def keep(self, ts_ns: int | None) -> bool:
+        if ts_ns is None:
+            return True
+        if ts_ns < self._since_ns:
+            return False
+        if self._skip > 0:
+            self._skip -= 1
+            return False
+        return True
+
+
 class LogFollower:
     """Copies a container's output into ``server.log`` as it comes (a daemon thread).
 
     :meth:`stop` closes the stream so the thread ends even while the container is silent, and
-    waits at most its deadline."""
+    waits at most its deadline; after it nothing more is written, and :meth:`resume_point`
+    says where another follower (:func:`spawn_log_follower`) has to go on."""
 
     def __init__(self, container: Container, path: Path) -> None:
         self._container = container
@@ -294,6 +380,7 @@ class LogFollower:
         self._stream: _LogStream | None = None
         self._lock = threading.Lock()
         self._stopping = False
+        self._cursor = LogCursor()
         self._thread = threading.Thread(
             target=self._run, name=f"docker-logs-{container.name}", daemon=True
         )
@@ -305,7 +392,7 @@ class LogFollower:
         with open(self._path, "ab", buffering=0) as out:
             try:
                 stream: _LogStream = self._container.logs(
-                    stream=True, follow=True, stdout=True, stderr=True
+                    stream=True, follow=True, stdout=True, stderr=True, timestamps=True
                 )
                 with self._lock:
                     if self._stopping:
@@ -313,10 +400,17 @@ class LogFollower:
                         return
                     self._stream = stream
                 for chunk in stream:
-                    out.write(chunk)
+                    ts, message = split_timestamp(chunk)
+                    # Under the lock: once stop() returned, the cursor is final.
+                    with self._lock:
+                        if self._stopping:
+                            return
+                        out.write(message)
+                        self._cursor.add(ts)
             except Exception as exc:  # the daemon went away, the container was removed, ...
-                if not self._stopping:
-                    out.write(f"[harness] log stream ended: {_explain(exc)}\n".encode())
+                with self._lock:
+                    if not self._stopping:
+                        out.write(f"[harness] log stream ended: {_explain(exc)}\n".encode())
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop following (idempotent); returns within ``timeout_s``."""
@@ -335,6 +429,125 @@ class LogFollower:
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
+
+    def resume_point(self) -> tuple[int, int]:
+        """Where the copy stands, as :meth:`LogCursor.resume_point`."""
+        with self._lock:
+            return self._cursor.resume_point()
+
+
+#: The module a background log follower runs (``python -m``); also how it is recognised.
+FOLLOWER_MODULE = "harness.runtime.docker_logs"
+
+
+def spawn_log_follower(run: RunDir, container_name: str, since_s: int, skip: int) -> int:
+    """Start :func:`follow_container_log` as its own process (own session, no terminal), so
+    ``server.log`` keeps growing after harness exits. Returns its pid."""
+    argv = [
+        sys.executable, "-m", FOLLOWER_MODULE, "--run-dir", str(run.path),
+        "--container", container_name, "--since", str(since_s), "--skip", str(skip),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
+    return proc.pid
+
+
+def follow_container_log(
+    run_dir: Path,
+    container_name: str,
+    since_s: int = 0,
+    skip: int = 0,
+    *,
+    poll_s: float = 2.0,
+    grace_s: float = 5.0,
+) -> int:
+    """The background log follower: append the container's messages from the resume point
+    ``(since_s, skip)`` (see :class:`LogCursor`) to ``server.log`` until the stream ends (the
+    container stopped). A watcher thread checks the container every ``poll_s``; once it is
+    gone or stopped and the stream has not ended within ``grace_s``, the stream is closed, so
+    the process never outlives its container for long. Returns the exit status."""
+    with open(run_dir / "server.log", "ab", buffering=0) as out:
+        try:
+            container = docker_client().containers.get(container_name)
+            stream: _LogStream = container.logs(
+                stream=True, follow=True, stdout=True, stderr=True, timestamps=True,
+                since=since_s if since_s > 0 else None,
+            )  # fmt: skip
+        except (DockerProblem, DockerException, requests.RequestException) as exc:
+            out.write(f"[harness] log follower could not start: {_explain(exc)}\n".encode())
+            return 1
+        done = threading.Event()
+        closed = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(poll_s):
+                try:
+                    container.reload()
+                    running = container.status not in {"exited", "dead"}
+                except NotFound:
+                    running = False
+                except (APIError, requests.RequestException):
+                    continue  # the daemon is busy; ask again
+                if not running and not done.wait(grace_s):
+                    closed.set()
+                    with contextlib.suppress(Exception):
+                        stream.close()
+                    if not done.wait(grace_s):
+                        os._exit(0)  # the stream did not give up its read; nothing to lose
+                    return
+
+        threading.Thread(target=watch, name="container-watch", daemon=True).start()
+        keep = ResumeFilter(since_s, skip)
+        try:
+            for chunk in stream:
+                ts, message = split_timestamp(chunk)
+                if keep.keep(ts):
+                    out.write(message)
+        except Exception as exc:  # the daemon went away, ...
+            if not closed.is_set():
+                out.write(f"[harness] log stream ended: {_explain(exc)}\n".encode())
+        finally:
+            done.set()
+    return 0
+
+
+def stop_log_follower(run_dir: Path, timeout_s: float = 5.0) -> bool:
+    """End the background log follower of a run (pid ``log_follower_pid`` in state.json) once
+    its container is gone: it normally ends by itself after the last lines, so it gets
+    ``timeout_s`` for that, then SIGTERM, then SIGKILL. Only a process that is really that
+    follower is signalled (a recycled pid is left alone). True when one was running."""
+    pid = RunDir(run_dir).read_state().get("log_follower_pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        cmdline = proc.cmdline()
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            with contextlib.suppress(psutil.Error):
+                proc.wait(0)  # our own child (a test, a long-lived caller): reap it
+            return False
+    except psutil.Error:
+        return False
+    if FOLLOWER_MODULE not in cmdline or str(run_dir) not in cmdline:
+        return False
+    for signal_it in (None, proc.terminate, proc.kill):
+        if signal_it is not None:
+            with contextlib.suppress(psutil.Error):
+                signal_it()
+        try:
+            proc.wait(timeout_s if signal_it is None else 2.0)
+            break
+        except psutil.TimeoutExpired:
+            continue
+        except psutil.Error:
+            break
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +669,28 @@ class DockerHandle:
             if self._follower is not None:
                 self._follower.stop(timeout_s=5.0)
             return self._exit_code
+
+    def detach(self) -> int | None:
+        """Hand the copying of the container's output to ``server.log`` over to a background
+        process (:func:`spawn_log_follower`), for a caller that exits while the container
+        keeps running (``serve --detach``). It goes on exactly where this handle's follower
+        stopped and ends with the container; its pid is recorded as ``log_follower_pid`` in
+        state.json for :func:`docker_down`. Returns the pid, or None when there was nothing to
+        hand over (no follower here, or the container is gone: its last lines are drained)."""
+        with self._lock:
+            follower = self._follower
+            if follower is None or self._removed:
+                return None
+            if self.poll() is not None:
+                follower.drain(5.0)
+                follower.stop(timeout_s=5.0)
+                return None
+            follower.stop(timeout_s=5.0)
+            self._follower = None
+            since_s, skip = follower.resume_point()
+            pid = spawn_log_follower(self.run, self.name, since_s, skip)
+            self.run.write_state(log_follower_pid=pid)
+            return pid
 
     def describe(self) -> str:
         """``container NAME (ID) image IMAGE, host pid N``."""
@@ -736,7 +971,8 @@ def docker_down(
     ``run_id``, or all of them with ``all_runs``. Returns the names removed. Containers are
     stopped in parallel so ``down --all`` takes one grace period, not one per container. Each
     container's output is saved to ``<run dir>/container.log`` first (when the run directory
-    is on this host)."""
+    is on this host), and a background log follower of a ``serve --detach`` is ended after
+    the last lines."""
     if not run_id and not all_runs:
         raise BadInput("name a run id, or use --all to stop every harness container")
     client = client or docker_client()
@@ -754,6 +990,9 @@ def docker_down(
             except ValueError:
                 grace = 10.0
         _stop_and_remove(container, grace, before_remove=save_container_log)
+        run_dir = labels.get(LABEL_RUN_DIR)
+        if run_dir and os.path.isdir(run_dir):
+            stop_log_follower(Path(run_dir))
         return str(container.name)
 
     if not containers:
