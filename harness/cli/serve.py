@@ -78,6 +78,15 @@ def start_server(spec: LaunchSpec, run: RunDir) -> ServerHandle:
     return LocalRuntime().start(spec, run)
 
 
+def hand_over(handle: ServerHandle) -> int | None:
+    """Before harness exits and leaves ``handle``'s server running: let whatever copies its
+    output into server.log go on without this process (a container's log stream moves to a
+    background follower; a local server writes server.log itself and has no ``detach``).
+    Returns the pid of that follower, if one was started."""
+    detach: Callable[[], int | None] | None = getattr(handle, "detach", None)
+    return detach() if detach is not None else None
+
+
 def wait_for_startup(
     handle: ServerHandle, console: Console, *, quiet: bool = False
 ) -> StartupResult:
@@ -200,7 +209,11 @@ def serve(
         )
         if detach:
             keep_running = True
-            console.print(f"detached; stop it with: harness down {spec.run_id}")
+            follower = hand_over(handle)
+            console.print(
+                f"detached; stop it with: harness down {spec.run_id}"
+                + (f" (log follower pid {follower})" if follower else "")
+            )
             return
         console.print("Ctrl-C stops the server.")
         stop_event = threading.Event()
@@ -234,6 +247,10 @@ def serve(
             if live:
                 run.write_state(status="stopped", stopped_at=time.time())
                 console.print(f"stopped; run directory: {run.path}")
+        elif not detach:
+            # A server kept for inspection after a failed start: its log goes on too.
+            for started in live:
+                hand_over(started)
 
 
 def _watch(
