@@ -6,6 +6,7 @@ Every container is removed at teardown by its label, also when a test fails.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -353,3 +354,91 @@ def test_down_all_leaves_no_labelled_container(
     assert result.returncode == 0, result.stderr
     assert client.containers.list(all=True, filters={"label": LABEL_RUN_ID}) == []
     assert docker_down(all_runs=True) == []
+
+
+COUNTER = textwrap.dedent(
+    """
+    import itertools, sys, time
+    for i in itertools.count():
+        print(f"tick {i}", flush=True)
+        if i % 5 == 0:
+            print(f"err {i}", file=sys.stderr, flush=True)
+        time.sleep(0.2)
+    """
+)
+
+DETACHER = textwrap.dedent(
+    """
+    import os, pathlib, sys, time
+    from harness.cli.serve import hand_over
+    from harness.rundir import RunDir
+    from harness.runtime.docker import DockerRuntime
+    from harness.spec import LaunchSpec
+    spec = LaunchSpec.from_json(pathlib.Path(sys.argv[1]).read_text())
+    run = RunDir(pathlib.Path(spec.run_dir))
+    handle = DockerRuntime().start(spec, run)
+    deadline = time.monotonic() + 60
+    while "tick 7" not in run.server_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(hand_over(handle), flush=True)
+    os._exit(0)  # like serve --detach: the in-process follower dies with harness
+    """
+)
+
+
+def counter_values(text: str, word: str) -> list[int]:
+    return [int(line.split()[1]) for line in text.splitlines() if line.startswith(word + " ")]
+
+
+def wait_for_tick(log: Path, at_least: int, deadline_s: float = 60) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        ticks = counter_values(log.read_text(), "tick")
+        if (ticks and ticks[-1] >= at_least) or time.monotonic() > deadline:
+            return ticks
+        time.sleep(0.1)
+
+
+def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    run_id = new_run_id("detach")
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
+    spec = spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
+    spec_file = runs_dir / "spec.json"
+    spec_file.write_text(spec.to_json())
+    log = Path(spec.run_dir) / "server.log"
+    follower: psutil.Process | None = None
+    try:
+        owner = subprocess.run(
+            [sys.executable, "-c", DETACHER, str(spec_file)],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+        assert owner.returncode == 0, owner.stderr
+        pid = int(owner.stdout.strip())
+        follower = psutil.Process(pid)
+        assert "harness.runtime.docker_logs" in follower.cmdline()
+        state = json.loads((Path(spec.run_dir) / "state.json").read_text())
+        assert state["log_follower_pid"] == pid
+        at_handover = counter_values(log.read_text(), "tick")[-1]
+
+        # The starting process is gone; server.log goes on growing, every value exactly once.
+        ticks = wait_for_tick(log, at_handover + 15)
+        assert ticks == list(range(ticks[-1] + 1)), ticks
+        assert ticks[-1] >= at_handover + 15
+        later = wait_for_tick(log, ticks[-1] + 5)
+        assert later[-1] >= ticks[-1] + 5
+        errs = counter_values(log.read_text(), "err")
+        assert sorted(errs) == list(range(0, errs[-1] + 1, 5)), errs
+
+        assert docker_down(run_id) == [spec.container.name if spec.container else ""]
+        # The follower wrote the last lines and ended; server.log is the container's whole
+        # output, exactly as `down` saved it.
+        assert not follower.is_running() or follower.status() == psutil.STATUS_ZOMBIE
+        container_log = (Path(spec.run_dir) / "container.log").read_text()
+        assert log.read_text() == container_log
+        assert counter_values(container_log, "tick")[-1] >= later[-1]
+    finally:
+        if follower is not None and follower.is_running():
+            follower.kill()
+    assert labelled(client, run_id) == []
