@@ -13,10 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from harness.containerplan import LABEL_RUN_ID
@@ -105,14 +107,23 @@ def test_serve_tp2_debug_in_a_container(
     # Both TP workers run in the container and are host processes the watchdog can dump.
     top = client.api.top(inspect["Id"], ps_args="-eo pid,args")
     assert sum("VLLM::Worker" in " ".join(map(str, row)) for row in top["Processes"]) >= 2
-    # Output streamed into the run directory until harness detached.
-    assert "Uvicorn running" in (run_dir / "server.log").read_text() or (
-        "Application startup complete" in (run_dir / "server.log").read_text()
+    # Output streamed into the run directory until harness detached ...
+    log = run_dir / "server.log"
+    assert "Uvicorn running" in log.read_text() or (
+        "Application startup complete" in log.read_text()
     )
+    # ... and goes on after it (a background follower): the chat request's access-log line.
+    follower = psutil.Process(json.loads((run_dir / "state.json").read_text())["log_follower_pid"])
+    deadline = time.monotonic() + 30
+    while "/v1/chat/completions" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "/v1/chat/completions" in log.read_text()
 
     down = harness("down", run_id, "--runs-dir", str(runs))
     assert down.returncode == 0, down.stderr
     assert labelled(client, run_id) == []
+    assert not follower.is_running() or follower.status() == psutil.STATUS_ZOMBIE
+    assert log.read_text() == (run_dir / "container.log").read_text()
 
 
 def _run_id_of(text: str) -> str:
