@@ -8,7 +8,8 @@ timeout, dumps run in parallel, and a stopped process (state T) is read without 
 Bundle layout (DESIGN.md): ``summary.md``, ``incident.json``, ``stacks/<pid>.txt`` (two dumps a
 few seconds apart), ``processes.txt``, ``env.txt`` (secrets redacted), ``server.log.tail``,
 ``nvidia-smi.txt`` / NVML in ``incident.json`` on GPU hosts, ``shm.txt``, ``inflight.jsonl``,
-``launch_spec.json``, ``nccl/`` and ``flight_recorder/`` when those files exist.
+``launch_spec.json``, ``nccl/`` and ``flight_recorder/`` when those files exist, and with
+``CaptureOptions(cores=True)`` ``cores/`` (gcore files and ``README.txt``; see ``cores.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import psutil
 
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
+from harness.watchdog import cores as cr
 from harness.watchdog import stacks as st
 from harness.watchdog.redact import Redactor
 from harness.watchdog.rules import GpuSample, Verdict
@@ -66,6 +68,11 @@ class CaptureOptions:
     log_tail_bytes: int = 256 * 1024
     py_spy: str | None = None
     native: bool = True
+    # Core files (gcore) of the odd process out and its peers, after the stacks: opt-in,
+    # because a core is about as large as the process's resident memory.
+    cores: bool = False
+    core_max: int = 4
+    core_timeout_s: float = 60.0
 
 
 @dataclass
@@ -614,6 +621,9 @@ def capture_incident(
 
     reports = _reports(procs, rounds, w, t0)
     odd = odd_one_out(reports, gpus)
+    core_info = (
+        _capture_cores(w, out_dir, reports, odd, opts, notes, console) if opts.cores else None
+    )
     capture_s = time.monotonic() - t0
     detected_at = _utc(detected_wall)
     w.text("processes.txt", processes_table(reports))
@@ -633,6 +643,8 @@ def capture_incident(
         "capture_s": round(capture_s, 3),
         "notes": notes,
     }
+    if core_info is not None:
+        incident_json["cores"] = core_info
     if extra:
         incident_json.update(extra)
     files = sorted({*w.files, "incident.json", "summary.md"})
@@ -692,6 +704,53 @@ def _side_captures(
                 w.copy_binary(f"flight_recorder/{src.name}", src)
     if any(e.get("NCCL_DEBUG") for e in envs) and not any(e.get("NCCL_DEBUG_FILE") for e in envs):
         notes.append("NCCL_DEBUG is set without NCCL_DEBUG_FILE: NCCL output is in server.log")
+
+
+def _capture_cores(
+    w: _Writer,
+    out_dir: Path,
+    reports: Sequence[ProcessReport],
+    odd: OddOne | None,
+    opts: CaptureOptions,
+    notes: list[str],
+    console: Console | None,
+) -> dict[str, Any]:
+    """gcore the odd process out and its peers into ``cores/``; ``incident.json``'s ``cores``."""
+    gcore = cr.find_gcore()
+    targets = cr.choose_core_targets(reports, odd, opts.core_max)
+    if console is not None and gcore is not None and targets:
+        names = ", ".join(t.role for t in targets)
+        console.print(f"taking {len(targets)} core file(s) with gcore: {names}")
+    results, skipped = cr.take_cores(
+        targets, bundle=out_dir, gcore=gcore, timeout_s=opts.core_timeout_s
+    )
+    pattern = cr.read_core_pattern()
+    readme = cr.render_readme(
+        results,
+        bundle=out_dir,
+        core_pattern=pattern,
+        gcore=gcore,
+        timeout_s=opts.core_timeout_s,
+        skipped=skipped,
+    )
+    w.text("cores/README.txt", readme)
+    w.files.extend(r.file for r in results if r.ok and r.file)
+    if gcore is None:
+        notes.append(cr.INSTALL_HINT + "; see cores/README.txt")
+    elif not targets:
+        notes.append("core files: no live process to take a core of")
+    else:
+        notes.append(cr.notes_line(results))
+    notes.extend(skipped)
+    return {
+        "gcore": gcore,
+        "timeout_s": opts.core_timeout_s,
+        "max": opts.core_max,
+        "core_pattern": pattern,
+        "core_pattern_hint": cr.core_pattern_hint(pattern),
+        "results": [r.to_dict() for r in results],
+        "skipped": skipped,
+    }
 
 
 def _reports(
