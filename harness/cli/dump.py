@@ -51,6 +51,20 @@ from harness.watchdog.targets import Target, container_target, pid_target, run_t
     help="Per-process py-spy deadline (seconds).",
 )
 @click.option(
+    "--core",
+    "core",
+    is_flag=True,
+    help="Also take core files (gcore, from gdb) of the odd process out and its peers "
+    "(at most 4) into cores/; cores are about as large as the processes' memory.",
+)
+@click.option(
+    "--core-timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Per-process gcore deadline (seconds); gcore is killed after it.",
+)
+@click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -67,6 +81,8 @@ def dump(
     remote_py_spy: str,
     gap: float,
     timeout_s: float,
+    core: bool,
+    core_timeout: float,
     out: Path | None,
     runs_dir: str | None,
 ) -> None:
@@ -84,6 +100,7 @@ def dump(
     Examples:
       harness dump 20261124-101502-vllm-tp2-3fa9
       harness dump --pid 4242
+      harness dump --pid 4242 --core          # also gcore the odd process out (and peers)
       harness dump --slurm-job 2180718 --remote-py-spy ~/venv/bin/py-spy
     """
     console = Console(stderr=True)
@@ -94,6 +111,11 @@ def dump(
             hint="harness dump --help",
         )
     root = runs_root(runs_dir)
+    if core and (hosts or slurm_job):
+        raise BadInput(
+            "--core works for processes on this machine (RUN_ID, --pid, --container)",
+            hint="on the node itself: harness dump --pid PID --core",
+        )
     if hosts or slurm_job:
         host_list = [h.strip() for h in (hosts or "").split(",") if h.strip()]
         if hosts and not host_list:
@@ -129,7 +151,9 @@ def dump(
         detail=f"harness dump of {target.description}",
         spec=target.spec,
         container_exec=target.container_exec,
-        options=CaptureOptions(gap_s=gap, timeout_s=timeout_s),
+        options=CaptureOptions(
+            gap_s=gap, timeout_s=timeout_s, cores=core, core_timeout_s=core_timeout
+        ),
         console=console,
     )
     click.echo(str(incident.path))

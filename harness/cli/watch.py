@@ -56,6 +56,20 @@ from harness.watchdog.command import parse_env_pairs, run_watched
     show_default=True,
     help="Seconds between the two stack dumps of every process.",
 )
+@click.option(
+    "--core",
+    "core",
+    is_flag=True,
+    help="Also take core files (gcore, from gdb) of the odd process out and its peers "
+    "(at most 4) into cores/; cores are about as large as the processes' memory.",
+)
+@click.option(
+    "--core-timeout",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Per-process gcore deadline (seconds); gcore is killed after it.",
+)
 @click.option("--quiet", is_flag=True, help="Do not echo the command's output (still logged).")
 @runs_dir_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -66,6 +80,8 @@ def watch(
     env_pairs: tuple[str, ...],
     flight_recorder: bool,
     capture_gap: float,
+    core: bool,
+    core_timeout: float,
     quiet: bool,
     runs_dir: str | None,
     command: tuple[str, ...],
@@ -83,6 +99,7 @@ def watch(
     Examples:
       harness watch --stall-after 120 -- torchrun --nproc-per-node 8 train.py
       harness watch --heartbeat /tmp/hb --env NCCL_DEBUG=INFO -- python train.py
+      harness watch --core -- python native_job.py   # also gcore the odd process out
     """
     console = Console(stderr=True)
     result = run_watched(
@@ -95,7 +112,7 @@ def watch(
         flight_recorder=flight_recorder,
         console=console,
         echo=not quiet,
-        capture_options=CaptureOptions(gap_s=capture_gap),
+        capture_options=CaptureOptions(gap_s=capture_gap, cores=core, core_timeout_s=core_timeout),
     )
     if result.incident is not None:
         console.print(f"[red]hang found[/]: {result.incident.summary_path}")
