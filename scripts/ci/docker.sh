@@ -2,7 +2,7 @@
 # Give the tests a real Docker engine and the vLLM CPU image (called by .ci/run before `make test`).
 # Idempotent: every step is skipped when its result is already there. Prints TIMING lines.
 #
-#   1. Debian packages docker.io, debootstrap, docker-compose   (apt-get; skipped when present)
+#   1. Debian packages docker.io, debootstrap, docker-compose, gdb (apt-get; skipped when present)
 #   2. dockerd running                                           (started in the background)
 #   3. base image harness-base:bookworm                          (debootstrap + docker import)
 #      (python3, venv, pip, CA certificates, procps, libnuma1 for vLLM's CPU kernels)
@@ -36,6 +36,9 @@ missing=()
 command -v dockerd >/dev/null || missing+=(docker.io)
 command -v debootstrap >/dev/null || missing+=(debootstrap)
 command -v docker-compose >/dev/null || missing+=(docker-compose)
+# gdb's gcore: core files in incident bundles (`harness dump --core`); installed here, with the
+# rest, so that two apt-get runs never contend for the dpkg lock.
+command -v gcore >/dev/null || missing+=(gdb)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing ${missing[*]}"
   $SUDO timeout 300 apt-get update -qq
