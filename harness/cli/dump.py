@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness.cli.options import runs_dir_option
+from harness.cli.options import core_options, runs_dir_option
 from harness.errors import BadInput
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
 from harness.watchdog.capture import CaptureOptions, capture_incident
@@ -50,20 +50,7 @@ from harness.watchdog.targets import Target, container_target, pid_target, run_t
     show_default=True,
     help="Per-process py-spy deadline (seconds).",
 )
-@click.option(
-    "--core",
-    "core",
-    is_flag=True,
-    help="Also take core files (gcore, from gdb) of the odd process out and its peers "
-    "(at most 4) into cores/; cores are about as large as the processes' memory.",
-)
-@click.option(
-    "--core-timeout",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    show_default=True,
-    help="Per-process gcore deadline (seconds); gcore is killed after it.",
-)
+@core_options
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -19,3 +19,21 @@ def runs_dir_option(func: F) -> F:
         default=None,
         help="Directory of run directories [env HARNESS_RUNS_DIR; default ./runs].",
     )(func)
+
+
+def core_options(func: F) -> F:
+    """``--core`` and ``--core-timeout``: core files (gcore) in incident bundles."""
+    func = click.option(
+        "--core-timeout",
+        type=click.FloatRange(min=1),
+        default=60.0,
+        show_default=True,
+        help="Per-process gcore deadline (seconds); gcore is killed after it.",
+    )(func)
+    return click.option(
+        "--core",
+        "core",
+        is_flag=True,
+        help="Also take core files (gcore, from gdb) of the odd process out and its peers "
+        "(at most 4) into cores/; cores are about as large as the processes' memory.",
+    )(func)

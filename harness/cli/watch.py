@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness.cli.options import runs_dir_option
+from harness.cli.options import core_options, runs_dir_option
 from harness.rundir import runs_root
 from harness.watchdog.capture import CaptureOptions
 from harness.watchdog.command import parse_env_pairs, run_watched
@@ -56,20 +56,7 @@ from harness.watchdog.command import parse_env_pairs, run_watched
     show_default=True,
     help="Seconds between the two stack dumps of every process.",
 )
-@click.option(
-    "--core",
-    "core",
-    is_flag=True,
-    help="Also take core files (gcore, from gdb) of the odd process out and its peers "
-    "(at most 4) into cores/; cores are about as large as the processes' memory.",
-)
-@click.option(
-    "--core-timeout",
-    type=click.FloatRange(min=1),
-    default=60.0,
-    show_default=True,
-    help="Per-process gcore deadline (seconds); gcore is killed after it.",
-)
+@core_options
 @click.option("--quiet", is_flag=True, help="Do not echo the command's output (still logged).")
 @runs_dir_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
