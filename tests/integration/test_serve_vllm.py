@@ -26,6 +26,13 @@ def harness_cmd(runs: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args]
 
 
+def serve_cmd(runs: Path, model: Path, port: int, *extra: str) -> list[str]:
+    """``harness serve`` of the tiny model in eager mode on ``port``."""
+    return harness_cmd(
+        runs, "serve", "--model", str(model), "--profile", "eager", "--port", str(port), *extra
+    )
+
+
 def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, deadline_s: float = 420) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
@@ -97,17 +104,7 @@ def model(tiny_model_dir: Path) -> Iterator[Path]:
 def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
     port = free_port()
     out = subprocess.run(
-        harness_cmd(
-            runs_dir,
-            "serve",
-            "--model",
-            str(model),
-            "--profile",
-            "eager",
-            "--port",
-            str(port),
-            "--detach",
-        ),
+        serve_cmd(runs_dir, model, port, "--detach"),
         capture_output=True,
         text=True,
         timeout=420,
@@ -137,19 +134,7 @@ def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
 def test_tp2_foreground_then_ctrl_c(model: Path, runs_dir: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        harness_cmd(
-            runs_dir,
-            "serve",
-            "--model",
-            str(model),
-            "--tp",
-            "2",
-            "--profile",
-            "eager",
-            "--port",
-            str(port),
-            "--no-watch",
-        ),
+        serve_cmd(runs_dir, model, port, "--tp", "2", "--no-watch"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -177,20 +162,7 @@ def test_tp2_foreground_then_ctrl_c(model: Path, runs_dir: Path) -> None:
 def test_startup_deadline_stops_the_group(model: Path, runs_dir: Path) -> None:
     port = free_port()
     proc = subprocess.run(
-        harness_cmd(
-            runs_dir,
-            "serve",
-            "--model",
-            str(model),
-            "--profile",
-            "eager",
-            "--port",
-            str(port),
-            "--startup-timeout",
-            "4",
-            "--on-hang",
-            "stop",
-        ),
+        serve_cmd(runs_dir, model, port, "--startup-timeout", "4", "--on-hang", "stop"),
         capture_output=True,
         text=True,
         timeout=180,
