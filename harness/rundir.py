@@ -11,9 +11,12 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import RunNotFound
+
+if TYPE_CHECKING:
+    from harness.spec import LaunchSpec
 
 RUNS_DIR_ENV = "HARNESS_RUNS_DIR"
 
@@ -72,6 +75,13 @@ class RunDir:
     def create(self) -> RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
+
+    def write_launch_spec(self, spec: LaunchSpec) -> Path:
+        """Write ``launch_spec.json``: the one place a run records its plan (atomically)."""
+        tmp = self.launch_spec.with_suffix(".json.tmp")
+        tmp.write_text(spec.to_json())
+        os.replace(tmp, self.launch_spec)
+        return self.launch_spec
 
     def read_state(self) -> dict[str, Any]:
         try:

@@ -185,7 +185,7 @@ def serve(
     # Both runtimes listen on this host's port (host network or a published port).
     check_port_free(spec.host, spec.port)
     run = RunDir(runs_root(runs_dir) / spec.run_id).create()
-    run.launch_spec.write_text(spec.to_json())
+    run.write_launch_spec(spec)
     console.print(f"run [bold]{spec.run_id}[/] → {run.path}")
 
     previous = {

@@ -88,6 +88,9 @@ class LoadConfig:
     http: Literal["lean", "httpx", "aiohttp"] = "lean"
     keep_itl: bool = True
     requested_run: str | None = None  # informational: --run RUN_ID
+    # Number of the first request: a resumed or restarted campaign continues the same seeded
+    # sequence (request i is always the same prompt) without reusing an index already recorded.
+    first_index: int = 0
 
     def validate(self) -> None:
         """Raise :class:`BadInput` for contradictory or out-of-range settings."""
@@ -109,6 +112,8 @@ class LoadConfig:
             raise BadInput("--ramp needs --rate (the rate to ramp to)")
         if self.error_budget is not None and self.error_budget <= 0:
             raise BadInput("--error-budget must be positive (a count, or a fraction below 1)")
+        if self.first_index < 0:
+            raise BadInput("the first request index must not be negative")
 
 
 class _Stats:
@@ -383,7 +388,11 @@ class LoadRunner:
                         sem.release()
                         break
                 self._claimed += 1
-                planned = await prefetch.get() if prefetch is not None else await self._build(index)
+                planned = (
+                    await prefetch.get()
+                    if prefetch is not None
+                    else await self._build(cfg.first_index + index)
+                )
                 self._launch(client, planned, due, sem)
         finally:
             stop_wait.cancel()
@@ -393,7 +402,7 @@ class LoadRunner:
                     await producer
 
     async def _produce(self, queue: asyncio.Queue[PlannedRequest]) -> None:
-        index = 0
+        index = self.config.first_index
         while True:
             await queue.put(await self._build(index))
             index += 1
@@ -404,7 +413,7 @@ class LoadRunner:
 
         async def worker() -> None:
             while self._budget_left():
-                index = self._claimed
+                index = cfg.first_index + self._claimed
                 self._claimed += 1  # claimed before the await so workers never overshoot
                 planned = await self._build(index)
                 if self._stop is not None and self._stop.is_set():
