@@ -186,7 +186,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     # Unbuffered output: log lines must reach server.log (and the phase display) as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
 
-    warnings = list(composed.warnings)
+    warnings = list(composed.warnings) + adapter.warnings(launch)
     if not in_container:
         warnings += _leaked_debug_variables(request.caller_env, env)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import RunNotFound
+from harness.redact import Redactor, redact_launch_spec
 
 if TYPE_CHECKING:
     from harness.spec import LaunchSpec
@@ -77,9 +78,14 @@ class RunDir:
         return self
 
     def write_launch_spec(self, spec: LaunchSpec) -> Path:
-        """Write ``launch_spec.json``: the one place a run records its plan (atomically)."""
+        """Write ``launch_spec.json``: the one place a run records its plan (atomically).
+
+        Secrets are masked (:func:`harness.redact.redact_launch_spec`): secret-named variables,
+        the arguments of flags such as ``--api-key``, and those values wherever else they
+        appear. A process that re-reads the file gets the masks, never the secrets.
+        """
         tmp = self.launch_spec.with_suffix(".json.tmp")
-        tmp.write_text(spec.to_json())
+        tmp.write_text(json.dumps(redact_launch_spec(spec.to_dict()), indent=2))
         os.replace(tmp, self.launch_spec)
         return self.launch_spec
 
@@ -93,7 +99,8 @@ class RunDir:
     def write_state(self, **updates: Any) -> dict[str, Any]:
         """Merge ``updates`` into state.json, atomically (a reader never sees half a file)."""
         state = self.read_state()
-        state.update(updates)
+        # A recorded command line may carry an engine's secret flag (LMDeploy's --api-keys).
+        state.update(Redactor().json(updates))
         tmp = self.state.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state)

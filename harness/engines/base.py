@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -47,6 +47,10 @@ class EngineAdapter(Protocol):
 
     def env(self, request: LaunchRequest) -> dict[str, str]: ...
 
+    def warnings(self, request: LaunchRequest) -> list[str]:
+        """What the plan should tell the user about this launch (e.g. a secret left in argv)."""
+        ...
+
 
 def flags_to_argv(args: Mapping[str, ArgValue]) -> list[str]:
     """``{"--enforce-eager": True, "--max-model-len": 512}`` -> argv tokens, in order."""
@@ -80,3 +84,76 @@ def cpu_thread_binding(cpu_count: int, tp: int) -> str:
 
 def phase(name: str, pattern: str) -> StartupPhase:
     return StartupPhase(name, re.compile(pattern, re.IGNORECASE))
+
+
+@dataclass(frozen=True)
+class SecretFlag:
+    """An engine flag whose argument is a secret, and how else the engine can receive it.
+
+    ``env`` names the variable the engine reads instead (``None``: it has none, so the value
+    must stay on the command line). ``max_values`` is how many values that variable can hold.
+    """
+
+    flag: str
+    env: str | None = None
+    max_values: int = 1
+
+
+@dataclass(frozen=True)
+class SecretSplit:
+    """Engine arguments with secrets moved into environment variables where possible."""
+
+    argv: list[str]
+    env: dict[str, str]
+    warnings: list[str]
+
+
+def move_secrets_to_env(
+    tokens: Sequence[str], secret_flags: Sequence[SecretFlag], engine: str
+) -> SecretSplit:
+    """Take secret flags out of ``tokens`` and pass their values by environment instead.
+
+    A command line is readable by every user of the host (``ps``, ``/proc/<pid>/cmdline``);
+    a process's environment only by its owner. A flag takes every following token up to the
+    next option (``--api-key A B``), or its ``=`` value; a bare flag (``--hf-token`` alone:
+    "use the stored login") carries no secret and stays. Values the engine cannot read from
+    its environment stay in argv, with a warning.
+    """
+    by_flag = {s.flag: s for s in secret_flags}
+    argv: list[str] = []
+    env: dict[str, str] = {}
+    warnings: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        i += 1
+        name, eq, inline = token.partition("=")
+        # argparse front ends such as vLLM's take ``--api_key`` for ``--api-key``.
+        name = "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+        secret = by_flag.get(name)
+        if secret is None:
+            argv.append(token)
+            continue
+        values = [inline] if eq else []
+        start = i
+        if not eq:
+            while i < len(tokens) and not tokens[i].startswith("-"):
+                values.append(tokens[i])
+                i += 1
+        if not values:
+            argv.append(token)
+            continue
+        if secret.env is not None and len(values) <= secret.max_values:
+            env[secret.env] = values[-1]
+            continue
+        argv.append(token)
+        argv.extend(tokens[start:i])
+        if secret.env is None:
+            why = f"{engine} has no environment variable for {name}"
+        else:
+            why = f"{engine} reads only {secret.max_values} value from {secret.env}"
+        warnings.append(
+            f"{why}: the value of {name} stays on the server's command line, which every user "
+            "of this host can read (ps); harness masks it in every file under runs/"
+        )
+    return SecretSplit(argv, env, warnings)

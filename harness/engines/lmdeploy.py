@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from harness.engines.base import LaunchRequest, StartupPhase, flags_to_argv, phase
+from harness.engines.base import (
+    LaunchRequest,
+    SecretFlag,
+    SecretSplit,
+    StartupPhase,
+    flags_to_argv,
+    move_secrets_to_env,
+    phase,
+)
 
 
 class LMDeployAdapter:
@@ -18,6 +26,9 @@ class LMDeployAdapter:
             "--model-name": "the model name harness derives",
         }
     )
+    # LMDeploy (0.18) reads its API keys only from ``--api-keys`` (lmdeploy/cli/utils.py):
+    # no variable, so they stay on the command line, with a warning, and are masked in files.
+    secret_flags: tuple[SecretFlag, ...] = (SecretFlag("--api-keys"),)
     startup_phases: tuple[StartupPhase, ...] = (
         phase("loading weights", r"loading weights|load model|Loading checkpoint"),
         phase("KV cache", r"cache block|kv cache|num_gpu_blocks|max_batch_size"),
@@ -41,9 +52,14 @@ class LMDeployAdapter:
             "--tp",
             str(request.tp),
         ]
-        argv += flags_to_argv(request.profile_args)
-        argv += list(request.extra_args)
-        return argv
+        return argv + self._secrets(request).argv
 
     def env(self, request: LaunchRequest) -> dict[str, str]:
-        return {}
+        return dict(self._secrets(request).env)
+
+    def warnings(self, request: LaunchRequest) -> list[str]:
+        return self._secrets(request).warnings
+
+    def _secrets(self, request: LaunchRequest) -> SecretSplit:
+        args = [*flags_to_argv(request.profile_args), *request.extra_args]
+        return move_secrets_to_env(args, self.secret_flags, "LMDeploy")

@@ -42,3 +42,6 @@ class SimAdapter:
 
     def env(self, request: LaunchRequest) -> dict[str, str]:
         return {}
+
+    def warnings(self, request: LaunchRequest) -> list[str]:
+        return []

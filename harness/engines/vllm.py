@@ -12,11 +12,15 @@ from types import MappingProxyType
 
 from harness.engines.base import (
     LaunchRequest,
+    SecretFlag,
+    SecretSplit,
     StartupPhase,
     cpu_thread_binding,
     flags_to_argv,
+    move_secrets_to_env,
     phase,
 )
+from harness.profiles import ArgValue
 
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 
@@ -32,6 +36,14 @@ class VLLMAdapter:
             "-tp": "--tp",
             "--served-model-name": "the model name harness derives",
         }
+    )
+    # Secrets never go on the command line (every user can read it): vLLM reads its API key from
+    # VLLM_API_KEY (vllm/envs.py, one key) and the Hugging Face token, through huggingface_hub,
+    # from HF_TOKEN. The watermark key (--watermark-config JSON) has no variable.
+    secret_flags: tuple[SecretFlag, ...] = (
+        SecretFlag("--api-key", "VLLM_API_KEY"),
+        SecretFlag("--hf-token", "HF_TOKEN"),
+        SecretFlag("--watermark-config"),
     )
     # Matched against server.log lines, in order; the most advanced match of a line wins.
     startup_phases: tuple[StartupPhase, ...] = (
@@ -70,15 +82,22 @@ class VLLMAdapter:
         if request.device == "cpu" and request.tp > 1:
             # The CPU backend runs TP ranks as local processes; Ray is neither wanted nor installed.
             profile_args.setdefault("--distributed-executor-backend", "mp")
-        argv += flags_to_argv(profile_args)
-        argv += list(request.extra_args)
-        return argv
+        return argv + self._secrets(request, profile_args).argv
 
     def env(self, request: LaunchRequest) -> dict[str, str]:
-        if request.device != "cpu":
-            return {}
-        return {
+        env = dict(self._secrets(request).env)
+        if request.device == "cpu":
             # Each rank reserves this many GiB of KV cache; 1 keeps a TP=2 server under ~4 GB.
-            "VLLM_CPU_KVCACHE_SPACE": "1",
-            "VLLM_CPU_OMP_THREADS_BIND": cpu_thread_binding(request.cpu_count, request.tp),
-        }
+            env["VLLM_CPU_KVCACHE_SPACE"] = "1"
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_thread_binding(request.cpu_count, request.tp)
+        return env
+
+    def warnings(self, request: LaunchRequest) -> list[str]:
+        return self._secrets(request).warnings
+
+    def _secrets(
+        self, request: LaunchRequest, profile_args: dict[str, ArgValue] | None = None
+    ) -> SecretSplit:
+        """The profile's and the user's engine arguments, secrets moved to the environment."""
+        args = flags_to_argv(request.profile_args if profile_args is None else profile_args)
+        return move_secrets_to_env([*args, *request.extra_args], self.secret_flags, "vLLM")
