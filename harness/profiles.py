@@ -15,6 +15,7 @@ Every error names the file and line and lists the valid choices, e.g.::
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import ProfileError
 from harness.spec import Deadlines, LoadLimits, OnHang, VolumeSpec, WatchSettings
+from harness.userfiles import PROFILE_MAX_BYTES, parse_yaml, read_user_text
 
 Scalar = str | int | float | bool
 ArgValue = str | int | float | bool | None
@@ -134,10 +136,14 @@ def _looks_like_path(item: str) -> bool:
 
 
 def resolve_profile_path(item: str) -> Path:
-    """A shipped profile's file, or a user's YAML file; one clear error otherwise."""
+    """A shipped profile's file, or a user's YAML file; one clear error otherwise.
+
+    A path that exists is returned whatever it is: :func:`load_profile` says what is wrong
+    with a directory or an unreadable file.
+    """
     if _looks_like_path(item):
         path = Path(item).expanduser()
-        if not path.is_file():
+        if not os.path.lexists(path):
             raise ProfileError(f"profile file {item} does not exist")
         return path
     candidate = shipped_profiles_dir() / f"{item}.yaml"
@@ -185,15 +191,11 @@ def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | Non
 
 
 def parse_profile(text: str, source: str) -> ProfileFile:
-    """Validate one profile's YAML text; errors carry ``source:line``."""
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(f"{where}: malformed YAML: {problem}") from None
+    """Validate one profile's YAML text; errors carry ``source:line``.
+
+    A key given twice in one mapping is refused (YAML would keep the last one silently).
+    """
+    data, node = parse_yaml(text, source, error=ProfileError)
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
@@ -222,12 +224,15 @@ def parse_profile(text: str, source: str) -> ProfileFile:
 
 
 def load_profile(item: str) -> ProfileFile:
-    """Read and validate one profile by name or path."""
+    """Read and validate one profile by name or path.
+
+    A file that is binary, not UTF-8, empty, a directory, unreadable or over
+    :data:`~harness.userfiles.PROFILE_MAX_BYTES` is one :class:`ProfileError` line.
+    """
     path = resolve_profile_path(item)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ProfileError(f"cannot read profile {path}: {exc.strerror}") from None
+    text = read_user_text(
+        path, what="profile", kind="YAML", max_bytes=PROFILE_MAX_BYTES, error=ProfileError
+    )
     return parse_profile(text, str(path))
 
 

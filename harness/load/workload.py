@@ -38,6 +38,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import WorkloadError
+from harness.userfiles import (
+    PROMPT_FILE_MAX_BYTES,
+    WORKLOAD_MAX_BYTES,
+    parse_yaml,
+    read_user_text,
+)
 
 WORKLOAD_SUFFIXES = (".yaml", ".yml")
 
@@ -207,10 +213,14 @@ def available_workloads() -> list[str]:
 
 
 def resolve_workload(name_or_path: str) -> Path:
-    """A workload name (``chat-short``) or a path to a YAML file -> the file."""
+    """A workload name (``chat-short``) or a path to a YAML file -> the file.
+
+    A path that exists is returned whatever it is: :func:`load_workload` says what is wrong
+    with a directory or an unreadable file.
+    """
     direct = Path(name_or_path).expanduser()
     if direct.suffix in WORKLOAD_SUFFIXES or "/" in name_or_path:
-        if direct.is_file():
+        if direct.exists():
             return direct.resolve()
         raise WorkloadError(
             f"workload file {name_or_path} does not exist",
@@ -228,22 +238,24 @@ def resolve_workload(name_or_path: str) -> Path:
 
 
 def load_workload(name_or_path: str) -> tuple[Workload, Path]:
-    """Read and validate a workload; errors name the file and line and the valid choices."""
+    """Read and validate a workload; errors name the file and line and the valid choices.
+
+    A file that is binary, not UTF-8, empty, a directory, unreadable or over
+    :data:`~harness.userfiles.WORKLOAD_MAX_BYTES` is one :class:`WorkloadError` line.
+    """
     path = resolve_workload(name_or_path)
-    text = path.read_text()
+    text = read_user_text(
+        path, what="workload", kind="YAML", max_bytes=WORKLOAD_MAX_BYTES, error=WorkloadError
+    )
     return parse_workload(text, str(path)), path
 
 
 def parse_workload(text: str, filename: str = "<workload>") -> Workload:
-    """Validate workload YAML text (pure); raises :class:`WorkloadError` with ``file:line``."""
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise WorkloadError(f"{filename}{line}: invalid YAML: {problem}") from None
+    """Validate workload YAML text (pure); raises :class:`WorkloadError` with ``file:line``.
+
+    A key given twice in one mapping is refused (YAML would keep the last one silently).
+    """
+    data, node = parse_yaml(text, filename, error=WorkloadError)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -345,32 +357,35 @@ def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> int:
 
 def read_prompt_file(spec: PromptSpec, base: Path) -> list[str]:
     """Prompts from a JSONL file (``field`` of each line) or a ShareGPT-style JSON file
-    (the first human turn of each conversation). Paths are relative to the workload file."""
+    (the first human turn of each conversation). Paths are relative to the workload file.
+
+    Every problem is one :class:`WorkloadError` line naming the file (and the line for JSONL):
+    a file that is binary, not UTF-8, empty, a directory, unreadable or over
+    :data:`~harness.userfiles.PROMPT_FILE_MAX_BYTES`; JSON that does not parse; no prompts.
+    """
     assert spec.path is not None
     path = Path(spec.path).expanduser()
     if not path.is_absolute():
         path = base / path
-    if not path.is_file():
+    if not path.exists():
         raise WorkloadError(f"prompt file {path} does not exist")
+    kind = "JSONL" if spec.source == "jsonl" else "JSON"
+    text = read_user_text(
+        path, what="prompt file", kind=kind, max_bytes=PROMPT_FILE_MAX_BYTES, error=WorkloadError
+    )
     prompts: list[str] = []
     if spec.source == "jsonl":
-        with path.open() as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError as exc:
-                    raise WorkloadError(f"{path}:{n}: not JSON: {exc}") from None
-                value = obj.get(spec.field) if isinstance(obj, dict) else None
-                if not isinstance(value, str):
-                    raise WorkloadError(f"{path}:{n}: no string field {spec.field!r}")
-                prompts.append(value)
+        # Only "\n" ends a JSON Lines record; str.splitlines() would also split at U+2028.
+        for n, line in enumerate(text.split("\n"), 1):
+            if not line.strip():
+                continue
+            obj = _json(line, f"{path}:{n}")
+            value = obj.get(spec.field) if isinstance(obj, dict) else None
+            if not isinstance(value, str):
+                raise WorkloadError(f"{path}:{n}: no string field {spec.field!r}")
+            prompts.append(value)
     else:
-        try:
-            data = json.loads(path.read_text())
-        except ValueError as exc:
-            raise WorkloadError(f"{path}: not JSON: {exc}") from None
+        data = _json(text, str(path))
         if not isinstance(data, list):
             raise WorkloadError(f"{path}: a ShareGPT file is a JSON list of conversations")
         for conv in data:
@@ -386,3 +401,12 @@ def read_prompt_file(spec: PromptSpec, base: Path) -> list[str]:
     if not prompts:
         raise WorkloadError(f"{path}: no prompts found")
     return prompts
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise WorkloadError(f"{where}: not JSON: {exc}") from None
+    except RecursionError:
+        raise WorkloadError(f"{where}: not JSON this harness can read: nested too deeply") from None

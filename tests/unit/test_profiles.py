@@ -116,3 +116,83 @@ def test_engine_arg_must_be_a_flag() -> None:
 def test_missing_profile_file() -> None:
     with pytest.raises(ProfileError, match="does not exist"):
         compose(["./nope.yaml"], "vllm", VARS)
+
+
+# ----------------------------------------------------------------------------- duplicate keys
+
+
+def test_duplicate_key_is_refused_with_its_line_and_the_first_one() -> None:
+    text = "env:\n  NCCL_DEBUG: INFO\n  NCCL_DEBUG: TRACE\n"
+    with pytest.raises(ProfileError) as info:
+        parse_profile(text, "p.yaml")
+    message = str(info.value)
+    assert message.startswith("p.yaml:3: duplicate key 'NCCL_DEBUG' in env (first on line 2)")
+
+
+def test_duplicate_top_level_section_is_refused() -> None:
+    text = "vllm:\n  args: {--enforce-eager: true}\ncontainer: {}\nvllm:\n  env: {A: 1}\n"
+    with pytest.raises(ProfileError, match=r"^p.yaml:4: duplicate key 'vllm' \(first on line 1\)"):
+        parse_profile(text, "p.yaml")
+
+
+def test_duplicate_flag_in_a_flow_mapping_is_refused() -> None:
+    with pytest.raises(ProfileError, match=r"^p.yaml:2: duplicate key '--x' in vllm.args"):
+        parse_profile("vllm:\n  args: {--x: 1, --x: 2}\n", "p.yaml")
+
+
+def test_merge_key_overrides_are_not_duplicates() -> None:
+    # `<<: *anchor` then a key of the merged mapping is YAML's way to override: allowed.
+    text = "vllm: &v\n  env: {A: 1}\n  args: {--x: 1}\nlmdeploy:\n  <<: *v\n  env: {A: 2}\n"
+    profile = parse_profile(text, "p.yaml")
+    assert profile.lmdeploy.env == {"A": 2}
+    assert profile.lmdeploy.args == {"--x": 1}
+
+
+# ----------------------------------------------------------------------------- unreadable files
+
+
+def test_binary_profile_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "logo.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(ProfileError) as info:
+        load_profile(str(path))
+    assert str(info.value) == (
+        f"{path}: not UTF-8 text (byte 0x89 at line 1, column 1, byte offset 0); "
+        "a profile is a YAML text file"
+    )
+
+
+def test_latin1_profile_names_the_line_of_the_bad_byte(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes("description: ok\nwarning: caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(ProfileError, match=r"line 2, column 13, byte offset 28"):
+        load_profile(str(path))
+
+
+def test_nul_bytes_are_binary(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"env:\n  A: 1\x00\n")
+    with pytest.raises(ProfileError, match=r": binary data \(a NUL byte at line 2, column 7"):
+        load_profile(str(path))
+
+
+def test_empty_profile_file(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"")
+    with pytest.raises(ProfileError, match=rf"^{path}: empty file"):
+        load_profile(str(path))
+
+
+def test_directory_given_as_profile(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.mkdir()
+    with pytest.raises(ProfileError, match=rf"^{path}: is a directory, not a profile file"):
+        load_profile(str(path))
+
+
+def test_huge_profile_is_refused_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    with path.open("wb") as fh:
+        fh.truncate(3 * 1024**3)  # sparse: takes no disk space
+    with pytest.raises(ProfileError, match=rf"^{path}: 3.0 GiB is over the 1 MiB limit"):
+        load_profile(str(path))

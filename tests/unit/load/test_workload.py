@@ -63,7 +63,7 @@ def test_bad_distribution() -> None:
 
 
 def test_yaml_syntax_error_has_line() -> None:
-    with pytest.raises(WorkloadError, match=r"w.yaml:2: invalid YAML"):
+    with pytest.raises(WorkloadError, match=r"w.yaml:2: malformed YAML"):
         parse_workload("api: chat\n  bad: [\n", "w.yaml")
 
 
@@ -104,3 +104,53 @@ def test_prompt_files(tmp_path: Path) -> None:
         read_prompt_file(wl.prompt, tmp_path)
     with pytest.raises(WorkloadError, match=r"needs prompt\.path"):
         parse_workload("prompt: {source: jsonl}\n")
+
+
+def test_duplicate_key_is_refused_with_its_line() -> None:
+    text = "api: chat\nmax_tokens: 16\nstream: true\nmax_tokens: 64\n"
+    with pytest.raises(
+        WorkloadError, match=r"^w.yaml:4: duplicate key 'max_tokens' \(first on line 2\)"
+    ):
+        parse_workload(text, "w.yaml")
+    nested = "prompt:\n  tokens: 8\n  source: synthetic\n  tokens: 9\n"
+    with pytest.raises(WorkloadError, match=r"^w.yaml:4: duplicate key 'tokens' in prompt"):
+        parse_workload(nested, "w.yaml")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"\xff\xfeapi: chat\n", "not UTF-8 text (byte 0xff at line 1, column 1, byte offset 0)"),
+        (b"", "empty file"),
+        (b"api: chat\n\x00", "binary data (a NUL byte at line 2, column 1, byte offset 10)"),
+    ],
+)
+def test_unreadable_workload_files(tmp_path: Path, content: bytes, problem: str) -> None:
+    path = tmp_path / "w.yaml"
+    path.write_bytes(content)
+    with pytest.raises(WorkloadError) as exc:
+        load_workload(str(path))
+    assert exc.value.message.startswith(f"{path}: {problem}")
+
+
+def test_directory_given_as_workload(tmp_path: Path) -> None:
+    path = tmp_path / "w.yaml"
+    path.mkdir()
+    with pytest.raises(WorkloadError, match=rf"^{path}: is a directory, not a workload file"):
+        load_workload(str(path))
+
+
+@pytest.mark.parametrize("source", ["jsonl", "sharegpt"])
+def test_binary_or_empty_prompt_files(tmp_path: Path, source: str) -> None:
+    wl = parse_workload(f"prompt: {{source: {source}, path: p.data}}\n")
+    path = tmp_path / "p.data"
+    path.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(WorkloadError, match=rf"^{path}: not UTF-8 text \(byte 0xe9 at line 1"):
+        read_prompt_file(wl.prompt, tmp_path)
+    path.write_bytes(b"")
+    with pytest.raises(WorkloadError, match=rf"^{path}: empty file"):
+        read_prompt_file(wl.prompt, tmp_path)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(WorkloadError, match=rf"^{path}: is a directory, not a prompt file"):
+        read_prompt_file(wl.prompt, tmp_path)
