@@ -108,8 +108,10 @@ def build_spec(
     stall_after: float | None = None,
     on_hang: str | None = None,
     watch: bool | None = None,
+    run_id: str | None = None,
 ) -> LaunchSpec:
-    """Detect host facts and plan: the one path from command-line options to a LaunchSpec."""
+    """Detect host facts and plan: the one path from command-line options to a LaunchSpec.
+    ``run_id`` names the run (default: a new id from the time, engine and TP)."""
     model, is_local = hostfacts.classify_model(options["model"])
     facts = hostfacts.detect(
         device=options["device"], iface=options["net_iface"], host_ip=options["host_ip"]
@@ -121,7 +123,7 @@ def build_spec(
     request = PlanRequest(
         engine=options["engine"],
         model=model,
-        run_id=new_run_id(f"{options['engine']}-tp{options['tp']}"),
+        run_id=run_id or new_run_id(f"{options['engine']}-tp{options['tp']}"),
         runs_root=str(runs_root(runs_dir)),
         tp=options["tp"],
         profiles=tuple(profiles),
