@@ -1,4 +1,4 @@
-"""Waiting for a server to become healthy, with its startup phases read from the log.
+"""Waiting for a server to become healthy, with its startup phases read from the log (I/O).
 
 Works for any :class:`~harness.runtime.base.ServerHandle` (local or container): it follows
 ``server.log`` in the run directory, polls ``/health`` with a short timeout, and stops at the
@@ -7,6 +7,7 @@ startup deadline, when the server exits, or when the log has been silent for too
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +18,15 @@ import httpx
 
 from harness.engines.base import StartupPhase
 from harness.runtime.base import ServerHandle
+from harness.watchdog.rules import Verdict, startup_verdict
 
 Outcome = Literal["healthy", "exited", "timeout", "log-silence", "interrupted"]
+
+_OUTCOME_OF_RULE: dict[str, Outcome] = {
+    "exit": "exited",
+    "health-deadline": "timeout",
+    "log-silence": "log-silence",
+}
 
 
 @dataclass
@@ -30,6 +38,8 @@ class StartupResult:
     phases: list[tuple[str, float]] = field(default_factory=list)
     exit_code: int | None = None
     last_log_line_age_s: float | None = None
+    #: What the startup rule decided when the start failed (``None`` when healthy).
+    verdict: Verdict | None = None
 
     @property
     def healthy(self) -> bool:
@@ -77,7 +87,10 @@ def wait_until_healthy(
     poll_interval_s: float = 0.5,
     health_timeout_s: float = 2.0,
 ) -> StartupResult:
-    """Poll until ``/health`` answers 200, the server exits, or a deadline passes."""
+    """Poll until ``/health`` answers 200, the server exits, or a deadline passes.
+
+    The decision to give up is :func:`~harness.watchdog.rules.startup_verdict` (pure); the
+    returned result carries its verdict, which is what a startup incident records."""
     start = time.monotonic()
     follower = LogFollower(handle.run.server_log)
     seen: list[tuple[str, float]] = []
@@ -98,18 +111,31 @@ def wait_until_healthy(
                     if on_phase:
                         on_phase(name, elapsed)
             code = handle.poll()
-            if code is not None:
-                return StartupResult("exited", elapsed, seen, exit_code=code)
-            try:
-                if client.get(handle.spec.health_url).status_code == 200:
-                    return StartupResult("healthy", time.monotonic() - start, seen)
-            except httpx.HTTPError:
-                pass
-            silence = time.monotonic() - last_line_at
-            if elapsed >= deadline_s:
-                return StartupResult("timeout", elapsed, seen, last_log_line_age_s=silence)
-            if log_silence_s is not None and silence >= log_silence_s:
-                return StartupResult("log-silence", elapsed, seen, last_log_line_age_s=silence)
+            healthy = False
+            if code is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    healthy = client.get(handle.spec.health_url).status_code == 200
+            if healthy:
+                return StartupResult("healthy", time.monotonic() - start, seen)
+            now = time.monotonic()
+            verdict = startup_verdict(
+                now=now,
+                started_at=start,
+                deadline_s=deadline_s,
+                healthy=False,
+                exit_code=code,
+                last_log_at=last_line_at,
+                log_silence_s=log_silence_s,
+            )
+            if verdict is not None:
+                return StartupResult(
+                    _OUTCOME_OF_RULE[verdict.rule],
+                    now - start,
+                    seen,
+                    exit_code=code,
+                    last_log_line_age_s=now - last_line_at,
+                    verdict=verdict,
+                )
             if on_tick:
                 on_tick(elapsed, current)
             time.sleep(min(poll_interval_s, max(0.0, deadline_s - elapsed)))

@@ -17,22 +17,42 @@ import click
 from harness import __version__
 from harness.errors import HarnessError
 
-# Module name in harness.cli -> attribute holding the click command.
-_COMMANDS: list[tuple[str, str]] = [
-    ("plan", "plan"),
-    ("serve", "serve"),
-    ("serve", "ps"),
-    ("serve", "down"),
-    ("tiny_model", "tiny_model"),
-    ("watch", "watch"),
-    ("dump", "dump"),
-    ("load", "load"),
-    ("sim", "sim"),
+# Command name -> (module in harness.cli, attribute holding the click command).
+_COMMANDS: list[tuple[str, str, str]] = [
+    ("plan", "plan", "plan"),
+    ("serve", "serve", "serve"),
+    ("ps", "serve", "ps"),
+    ("down", "serve", "down"),
+    ("tiny-model", "tiny_model", "tiny_model"),
+    ("watch", "watch", "watch"),
+    ("dump", "dump", "dump"),
+    ("load", "load", "load"),
+    ("sim", "sim", "sim"),
+    ("repro-startup", "repro", "repro_startup"),
+    ("soak", "soak", "soak"),
+    ("compare", "compare", "compare"),
+    ("report", "report", "report"),
 ]
 
 
 class HarnessGroup(click.Group):
-    """The error boundary: one line plus the next command to run, never a traceback."""
+    """The error boundary: one line plus the next command to run, never a traceback.
+
+    Commands are imported when they run (or when ``--help`` lists them), not at start-up:
+    importing every command module costs about a second here, which ``harness serve`` would
+    add to every server's time to healthy (benchmarks/serve_overhead.py).
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name, _module, _attr in _COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for name, module, attr in _COMMANDS:
+            if name == cmd_name:
+                command = getattr(importlib.import_module(f"harness.cli.{module}"), attr)
+                assert isinstance(command, click.Command)
+                return command
+        return None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -64,10 +84,6 @@ def cli(runs_dir: str | None) -> None:
     if runs_dir:
         # Subcommands read HARNESS_RUNS_DIR as their --runs-dir default.
         os.environ["HARNESS_RUNS_DIR"] = os.path.abspath(runs_dir)
-
-
-for _module, _attr in _COMMANDS:
-    cli.add_command(getattr(importlib.import_module(f"harness.cli.{_module}"), _attr))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,6 @@ import contextlib
 import errno
 import os
 import resource
-import signal
 import socket
 import subprocess
 import time
@@ -20,7 +19,9 @@ from typing import IO
 
 import psutil
 
+from harness import procgroup
 from harness.errors import EnvironmentProblem, PortInUse
+from harness.procgroup import ProcessRef
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
 
@@ -95,89 +96,57 @@ def refused_rlimits(limits: dict[str, int]) -> list[str]:
 
 
 class LocalHandle:
-    """A server started by :class:`LocalRuntime`."""
+    """A server started by :class:`LocalRuntime` (``popen`` set) or found again from its run
+    directory by :meth:`LocalRuntime.attach` (another harness process started it)."""
 
     def __init__(
-        self, spec: LaunchSpec, run: RunDir, proc: subprocess.Popen[bytes], log: IO[bytes]
+        self,
+        spec: LaunchSpec,
+        run: RunDir,
+        root: ProcessRef,
+        *,
+        popen: subprocess.Popen[bytes] | None = None,
+        log: IO[bytes] | None = None,
     ):
         self.spec = spec
         self.run = run
-        self._proc = proc
+        self._root = root
+        self._proc = popen
         self._log = log
-        self._seen: set[int] = {proc.pid}
+        self._seen: set[int] = {root.pid}
 
     def root_pid(self) -> int | None:
-        return self._proc.pid
+        return self._root.pid
 
     def pids(self) -> list[int]:
-        try:
-            root = psutil.Process(self._proc.pid)
-            children = root.children(recursive=True)
-        except psutil.Error:
-            return []
-        out = [root.pid] + [c.pid for c in children]
+        out = procgroup.tree(self._root.pid) if self._root.alive() else []
         self._seen.update(out)
         return out
 
     def poll(self) -> int | None:
-        return self._proc.poll()
+        if self._proc is not None:
+            return self._proc.poll()
+        # Not our child: its exit code is unknowable. Gone means "exited abnormally" unless
+        # the run was stopped on purpose (harness down records that first).
+        if self._root.alive():
+            return None
+        return 0 if self.run.read_state().get("status") == "stopped" else ATTACHED_EXIT_UNKNOWN
 
     def stop(self, grace_s: float | None = None) -> int | None:
         grace = self.spec.deadlines.stop_grace_s if grace_s is None else grace_s
-        members = self._members()
-        self._signal_all(members, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None and not self._alive(members):
-                break
-            time.sleep(0.1)
-        leftovers = self._alive(members)
-        if leftovers:
-            self._signal_all(leftovers, signal.SIGKILL)
-            # A stopped (SIGSTOP) process dies on SIGKILL too; wait briefly for the reaper.
-            psutil.wait_procs(leftovers, timeout=5)
-        try:
-            code = self._proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            code = None
-        with contextlib.suppress(OSError):
-            self._log.close()
+        code = procgroup.stop_tree(self._root.pid, grace_s=grace, also=self._seen, popen=self._proc)
+        if self._log is not None:
+            with contextlib.suppress(OSError):
+                self._log.close()
         return code
 
     def describe(self) -> str:
-        return f"pid {self._proc.pid} (process group {self._proc.pid})"
+        return f"pid {self._root.pid} (process group {self._root.pid})"
 
-    def _members(self) -> list[psutil.Process]:
-        """Every process of the server: the group and every descendant seen, even if it left."""
-        pids = set(self.pids()) | self._seen
-        for proc in psutil.process_iter(["pid"]):
-            with contextlib.suppress(psutil.Error, OSError):
-                if os.getpgid(proc.pid) == self._proc.pid:
-                    pids.add(proc.pid)
-        procs = []
-        for pid in pids:
-            with contextlib.suppress(psutil.Error):
-                procs.append(psutil.Process(pid))
-        return procs
 
-    @staticmethod
-    def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
-        alive = []
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(proc)
-        return alive
-
-    def _signal_all(self, procs: list[psutil.Process], sig: signal.Signals) -> None:
-        with contextlib.suppress(OSError):
-            os.killpg(self._proc.pid, sig)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-                if sig == signal.SIGTERM:
-                    # A stopped process cannot act on SIGTERM until continued.
-                    proc.send_signal(signal.SIGCONT)
+#: What :meth:`LocalHandle.poll` reports for an attached server that vanished (not our child,
+#: so its real exit code cannot be read).
+ATTACHED_EXIT_UNKNOWN = 255
 
 
 class LocalRuntime:
@@ -188,14 +157,11 @@ class LocalRuntime:
         env = {**os.environ, **spec.env}
         log = open(run.server_log, "ab", buffering=0)  # noqa: SIM115 - owned by the handle
         try:
-            proc = subprocess.Popen(
+            proc = procgroup.spawn(
                 spec.argv,
-                stdin=subprocess.DEVNULL,
                 stdout=log,
-                stderr=subprocess.STDOUT,
                 env=env,
                 cwd=run.path,
-                start_new_session=True,
                 preexec_fn=_rlimit_setter(spec.rlimits),
             )
         except FileNotFoundError:
@@ -205,47 +171,36 @@ class LocalRuntime:
                 hint="install the engine (make serve installs vLLM's CPU build), "
                 "or set HARNESS_ENGINE_PYTHON to the Python that has it",
             ) from None
-        try:
-            create_time: float | None = psutil.Process(proc.pid).create_time()
-        except psutil.Error:
-            create_time = None
+        root = ProcessRef.of(proc.pid)
         run.write_state(
             runtime="local",
             pid=proc.pid,
-            create_time=create_time,
+            create_time=root.create_time,
             pgid=proc.pid,
             argv=spec.argv,
             status="starting",
             started_at=time.time(),
             harness_pid=os.getpid(),
         )
-        return LocalHandle(spec, run, proc, log)
+        return LocalHandle(spec, run, root, popen=proc, log=log)
+
+    def attach(self, spec: LaunchSpec, run: RunDir) -> LocalHandle:
+        """The live server of ``run`` (started by another harness process), for a watcher."""
+        ref = ProcessRef.from_dict(run.read_state())
+        if ref is None or not ref.alive():
+            raise EnvironmentProblem(f"run {run.run_id} has no live local server")
+        return LocalHandle(spec, run, ref)
 
 
 def stop_local_run(run: RunDir, grace_s: float = 15.0) -> bool:
     """Stop a local run started by another harness process (``harness down``).
 
-    Returns False when nothing of it was running. The process is matched on its recorded argv
-    so a recycled pid is never signalled.
+    Returns False when nothing of it was running. The process is matched on its recorded
+    creation time so a recycled pid is never signalled.
     """
-    state = run.read_state()
-    pid = state.get("pid")
-    if not isinstance(pid, int) or not local_run_alive(state):
+    ref = ProcessRef.from_dict(run.read_state())
+    if ref is None or not procgroup.stop_ref(ref, grace_s=grace_s):
         return False
-    procs: list[psutil.Process] = []
-    with contextlib.suppress(psutil.Error):
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(OSError):
-            os.killpg(pid, sig)
-        for proc in procs:
-            with contextlib.suppress(psutil.Error):
-                proc.send_signal(sig)
-                proc.send_signal(signal.SIGCONT)
-        _, alive = psutil.wait_procs(procs, timeout=grace_s if sig == signal.SIGTERM else 5)
-        if not alive:
-            break
     run.write_state(status="stopped", stopped_at=time.time())
     return True
 
@@ -253,17 +208,8 @@ def stop_local_run(run: RunDir, grace_s: float = 15.0) -> bool:
 def local_run_alive(state: dict[str, object]) -> bool:
     """Whether the run's recorded root process is still the one harness started (matched on
     its creation time, so a recycled pid is never taken for it)."""
-    pid = state.get("pid")
-    created = state.get("create_time")
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return not isinstance(created, float) or abs(proc.create_time() - created) < 1.0
-    except psutil.Error:
-        return False
+    ref = ProcessRef.from_dict(state)
+    return ref is not None and ref.alive()
 
 
 def tail_lines(path: Path, n: int = 20) -> list[str]:

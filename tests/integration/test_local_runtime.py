@@ -14,7 +14,7 @@ import pytest
 from harness.engines.base import phase
 from harness.rundir import RunDir
 from harness.runtime.local import LocalRuntime, local_run_alive, stop_local_run, tail_lines
-from harness.runtime.startup import LogFollower, wait_until_healthy
+from harness.campaign.startup import LogFollower, wait_until_healthy
 from harness.spec import Deadlines, LaunchSpec
 from tests.conftest import free_port
 

@@ -5,7 +5,7 @@ import pytest
 from harness.engines import get_adapter
 from harness.engines.base import cpu_thread_binding, flags_to_argv
 from harness.errors import PlanError
-from harness.runtime.startup import match_phase
+from harness.campaign.startup import match_phase
 
 
 @pytest.mark.parametrize(
