@@ -34,6 +34,9 @@ DEFAULT_IMAGES: dict[tuple[str, str], str] = {
     ("sim", "cuda"): VLLM_CPU_IMAGE,
 }
 
+#: How the engines spell their names in messages.
+ENGINE_NAMES = {"vllm": "vLLM", "lmdeploy": "LMDeploy", "sim": "the simulated engine"}
+
 #: Named volumes for caches that should outlive a run (model downloads, vLLM's compile cache).
 HF_CACHE_VOLUME = "harness-hf-cache"
 VLLM_CACHE_VOLUME = "harness-vllm-cache"
@@ -106,14 +109,26 @@ def container_name(run_id: str) -> str:
 
 
 def default_image(engine: str, device: str) -> str:
-    """The image used when neither ``--image`` nor a profile names one."""
+    """The image used when neither ``--image`` nor a profile names one.
+
+    The only gap is LMDeploy on the CPU: LMDeploy serves on GPUs only, so the way out on a
+    GPU-less host is to plan for the GPU host the server will run on.
+    """
     try:
         return DEFAULT_IMAGES[(engine, device)]
     except KeyError:
+        pass
+    if device == "cpu" and (engine, "cuda") in DEFAULT_IMAGES:
+        name = ENGINE_NAMES.get(engine, engine)
         raise PlanError(
-            f"no default image for engine {engine} on {device}",
-            hint="pass --image IMAGE (an image with the engine installed)",
-        ) from None
+            f"no default image for {engine} on the CPU: {name} has no CPU backend",
+            hint="plan for a GPU host with --device cuda (--device auto picks the CPU on a "
+            "host without an NVIDIA GPU), or pass --image IMAGE",
+        )
+    raise PlanError(
+        f"no default image for engine {engine} on {device}",
+        hint="pass --image IMAGE (an image with the engine installed)",
+    )
 
 
 def engine_bind_host(network_mode: str, host: str) -> str:

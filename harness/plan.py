@@ -1,8 +1,13 @@
 """The launch plan: (engine, model, TP, profiles, runtime options) -> frozen LaunchSpec.
 
 :func:`make_plan` is pure: everything it needs from the machine (GPU or not, core count, network
-interface, interpreter, the caller's environment) arrives in :class:`HostFacts` and
+interface, interpreter, the caller's environment) and from the model's ``config.json`` (heads,
+KV heads, vocabulary) arrives in :class:`HostFacts`, :class:`ModelFacts` and
 :class:`PlanRequest`; :mod:`harness.hostfacts` gathers them.
+
+TP is checked at plan time with the engines' own rules (:func:`tp_misfit`) and against the
+host (GPUs; cores for vLLM's CPU backend), so a TP the engine would refuse after minutes of
+startup is one line and exit code 2 listing the valid values.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
+from harness.containerplan import ENGINE_NAMES
 from harness.engines import LaunchRequest, get_adapter
 from harness.errors import PlanError
 from harness.profiles import PLACEHOLDERS, compose
@@ -47,6 +53,29 @@ class HostFacts:
     host_ip: str | None = None
 
 
+#: vLLM pads the vocabulary to a multiple of this before sharding it over the TP ranks
+#: (``DEFAULT_VOCAB_PADDING_SIZE`` in vllm/model_executor/layers/vocab_parallel_embedding.py).
+VLLM_VOCAB_PADDING = 64
+
+#: vLLM CPU's per-rank core binding; harness sets one disjoint core set per rank unless a
+#: profile sets it.
+CPU_BIND_VARIABLE = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a model's ``config.json`` says about splitting it over TP ranks.
+
+    ``None`` means not stated, or stated in a form harness does not check (the engine still
+    does); :func:`harness.hostfacts.model_facts` reads them.
+    """
+
+    source: str
+    num_attention_heads: int | None = None
+    num_kv_heads: int | None = None
+    vocab_size: int | None = None
+
+
 @dataclass(frozen=True)
 class PlanRequest:
     """The user's request, as given on the command line (validated here)."""
@@ -70,6 +99,7 @@ class PlanRequest:
     watch: bool | None = None
     gpus: str | int | list[int] | None = None
     caller_env: Mapping[str, str] = field(default_factory=dict)
+    model_facts: ModelFacts | None = None
 
 
 def served_model_name(model: str) -> str:
@@ -120,17 +150,112 @@ def _leaked_debug_variables(
     return warnings
 
 
+def tp_misfit(tp: int, facts: ModelFacts, engine: str) -> str | None:
+    """Why ``tp`` ranks cannot split this model on ``engine``; ``None`` when they can (as far
+    as the facts tell). The rules are the engines' own:
+
+    - attention heads: ``heads % tp == 0`` (vLLM ``ModelConfig.verify_with_parallel_config``;
+      LMDeploy's PyTorch engine ``get_num_qkv_head_by_tp``);
+    - KV heads: split when ``tp <= kv`` (``kv % tp == 0``), replicated when ``tp > kv``
+      (``tp % kv == 0``): vLLM's ``QKVParallelLinear``, LMDeploy's PyTorch engine, and
+      TurboMind, which repeats KV heads up to a multiple of TP;
+    - vocabulary, vLLM only: ``VocabParallelEmbedding`` pads it to a multiple of 64 and
+      divides that by TP (TurboMind splits the embedding along the hidden size and pads the
+      LM head per rank).
+    """
+    heads = facts.num_attention_heads
+    if heads is not None and heads % tp:
+        return f"{heads} attention heads do not split into {tp} equal parts"
+    kv = facts.num_kv_heads
+    if kv is not None and (kv % tp if tp <= kv else tp % kv):
+        return (
+            f"{kv} KV heads neither split into {tp} equal parts nor replicate evenly onto "
+            f"{tp} ranks (TP must divide {kv} or be a multiple of it)"
+        )
+    vocab = facts.vocab_size
+    if engine == "vllm" and vocab is not None:
+        padded = -(-vocab // VLLM_VOCAB_PADDING) * VLLM_VOCAB_PADDING
+        if padded % tp:
+            return (
+                f"vLLM shards the vocabulary of {vocab} tokens (padded to {padded}) over the "
+                f"ranks, and {padded} is not divisible by {tp}"
+            )
+    return None
+
+
+def _format_values(values: list[int]) -> str:
+    consecutive = values == list(range(values[0], values[0] + len(values))) if values else False
+    if consecutive and len(values) > 6:
+        return f"{values[0]} to {values[-1]}"
+    return ", ".join(str(v) for v in values) or "none"
+
+
+def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, str]) -> list[str]:
+    """Refuse a TP the model or the host cannot take (one line listing the valid values);
+    return warnings for what a profile chose to override."""
+    tp = request.tp
+    facts = request.model_facts if request.engine != "sim" else None
+    upper = max(tp, facts.num_attention_heads or 64) if facts else max(tp, 64)
+    fits_model = [
+        t
+        for t in range(1, upper + 1)
+        if facts is None or tp_misfit(t, facts, request.engine) is None
+    ]
+    limit: tuple[int, str] | None = None
+    binds_cpus = request.engine == "vllm" and host.device == "cpu"
+    if binds_cpus and CPU_BIND_VARIABLE not in profile_env:
+        limit = (host.cpu_count, "cores")
+    elif host.device == "cuda" and host.gpu_count:
+        limit = (host.gpu_count, "GPUs")
+    here = [t for t in fits_model if limit is None or t <= limit[0]]
+    beyond = [t for t in fits_model if t not in here]
+
+    misfit = tp_misfit(tp, facts, request.engine) if facts else None
+    if misfit is not None:
+        valid = f"valid: {_format_values(here)}"
+        if beyond and limit is not None:
+            needs = "needs" if len(beyond) == 1 else "need"
+            valid += f"; {_format_values(beyond)} {needs} more {limit[1]} than this host has"
+        assert facts is not None
+        raise PlanError(
+            f"--tp {tp} does not fit {request.model}: {misfit} ({valid})",
+            hint=f"checked against {facts.source} with "
+            f"{ENGINE_NAMES.get(request.engine, request.engine)}'s rules",
+        )
+    if limit is not None and tp > limit[0]:
+        count, unit = limit
+        if unit == "GPUs":
+            raise PlanError(
+                f"--tp {tp} needs {tp} GPUs but this host has {count} "
+                f"(valid: {_format_values(here)})",
+                hint="lower --tp, or plan for another host with --device cuda",
+            )
+        # vLLM CPU binds each rank's OpenMP threads to its own cores; two ranks on one core
+        # spin against each other in every collective (vLLM's own automatic binding refuses
+        # fewer cores than ranks). Refused rather than warned: it looks like the hangs this
+        # tool hunts.
+        raise PlanError(
+            f"--tp {tp} needs {tp} cores for vLLM's CPU backend (one core set per rank, "
+            f"{CPU_BIND_VARIABLE}) but this host has {count} (valid: {_format_values(here)})",
+            hint=f"lower --tp, run where more cores are free, or set {CPU_BIND_VARIABLE} in a "
+            "profile to bind the ranks yourself",
+        )
+    warnings: list[str] = []
+    if binds_cpus and CPU_BIND_VARIABLE in profile_env and tp > host.cpu_count:
+        warnings.append(
+            f"{tp} ranks share {host.cpu_count} cores under the profile's {CPU_BIND_VARIABLE}="
+            f"{profile_env[CPU_BIND_VARIABLE]}: ranks on one core starve each other, which "
+            "looks like a hang"
+        )
+    return warnings
+
+
 def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     """Plan one launch. Raises :class:`~harness.errors.BadInput` subclasses on bad input."""
     if request.tp < 1:
         raise PlanError(f"--tp must be at least 1 (got {request.tp})")
     if not 1 <= request.port <= 65535:
         raise PlanError(f"--port must be between 1 and 65535 (got {request.port})")
-    if host.device == "cuda" and host.gpu_count and request.tp > host.gpu_count:
-        raise PlanError(
-            f"--tp {request.tp} needs {request.tp} GPUs but this host has {host.gpu_count}",
-            hint="lower --tp, or plan for another host with --device cuda",
-        )
     if request.faults and request.engine != "sim":
         raise PlanError("--fault is only for --engine sim (the simulated engine)")
     adapter = get_adapter(request.engine)
@@ -146,6 +271,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     assert set(variables) == set(PLACEHOLDERS)
     profiles = list(request.profiles) or ["default"]
     composed = compose(profiles, request.engine, variables)
+    tp_warnings = _check_tp(request, host, composed.env)
 
     extra = split_engine_args(request.engine_args)
     _check_managed(extra, adapter.managed_flags, request.engine)
@@ -186,9 +312,14 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     # Unbuffered output: log lines must reach server.log (and the phase display) as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
 
-    warnings = list(composed.warnings) + adapter.warnings(launch)
+    warnings = list(composed.warnings) + tp_warnings + adapter.warnings(launch)
     if not in_container:
         warnings += _leaked_debug_variables(request.caller_env, env)
+        if request.engine == "lmdeploy" and host.device == "cpu":
+            warnings.append(
+                "LMDeploy has no CPU backend: this plan starts only on a host with a GPU; "
+                "plan for one with --device cuda"
+            )
 
     deadlines = composed.deadlines
     if request.startup_timeout_s is not None:

@@ -113,6 +113,8 @@ def build_spec(
     """Detect host facts and plan: the one path from command-line options to a LaunchSpec.
     ``run_id`` names the run (default: a new id from the time, engine and TP)."""
     model, is_local = hostfacts.classify_model(options["model"])
+    # The simulated engine reads no config.json; a hub id has none here to check TP against.
+    model_facts = hostfacts.model_facts(model) if is_local and options["engine"] != "sim" else None
     facts = hostfacts.detect(
         device=options["device"], iface=options["net_iface"], host_ip=options["host_ip"]
     )
@@ -140,6 +142,7 @@ def build_spec(
         watch=watch,
         gpus=_parse_gpus(options["gpus"]),
         caller_env=dict(os.environ),
+        model_facts=model_facts,
     )
     return make_plan(request, facts)
 

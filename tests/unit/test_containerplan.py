@@ -137,6 +137,9 @@ def test_no_gpus_on_a_cpu_host_or_for_sim() -> None:
 def test_lmdeploy_has_no_cpu_image() -> None:
     with pytest.raises(PlanError, match="no default image") as info:
         plan(engine="lmdeploy", device="cpu")
+    assert "LMDeploy has no CPU backend" in info.value.message
+    # The real way out on a GPU-less host: plan for the GPU host the server will run on.
+    assert "--device cuda" in (info.value.hint or "")
     assert "--image" in (info.value.hint or "")
     assert plan(engine="lmdeploy", device="cpu", image="mine:1").image == "mine:1"
 

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from harness.errors import PlanError
-from harness.plan import HostFacts, PlanRequest, make_plan, served_model_name, split_engine_args
+from harness.plan import (
+    HostFacts,
+    ModelFacts,
+    PlanRequest,
+    make_plan,
+    served_model_name,
+    split_engine_args,
+)
 
 CPU = HostFacts(device="cpu", cpu_count=2, python="/venv/bin/python")
 GPU = HostFacts(device="cuda", cpu_count=32, gpu_count=4, python="/venv/bin/python")
@@ -177,3 +186,103 @@ def test_bridge_network_binds_all_interfaces_inside_but_publishes_on_loopback(
     assert spec.container.ports == {"8000/tcp": ("127.0.0.1", 8000)}
     host_net = make_plan(request(runtime="docker"), CPU)
     assert host_net.argv[host_net.argv.index("--host") + 1] == "127.0.0.1"
+
+
+# ----------------------------------------------------------------------------- TP against the model
+
+# The embedded tiny model (harness tiny-model): 4 attention heads, 2 KV heads, 512 tokens.
+TINY = ModelFacts(
+    source="/models/tiny/config.json", num_attention_heads=4, num_kv_heads=2, vocab_size=512
+)
+NO_GPU_HERE = HostFacts(device="cuda", cpu_count=2, gpu_count=0, python="/venv/bin/python")
+
+
+def test_tp_must_divide_the_attention_heads() -> None:
+    with pytest.raises(PlanError) as info:
+        make_plan(request(tp=3, model_facts=TINY), NO_GPU_HERE)
+    message = str(info.value)
+    assert message.startswith("--tp 3 does not fit /models/tiny: 4 attention heads")
+    assert message.endswith("(valid: 1, 2, 4)")
+    assert "config.json" in (info.value.hint or "")
+    for tp in (1, 2, 4):
+        assert make_plan(request(tp=tp, model_facts=TINY), NO_GPU_HERE).tp == tp
+
+
+def test_kv_heads_are_split_or_replicated_never_cut() -> None:
+    # 12 heads, 4 KV heads: TP=6 splits the query heads, but 4 KV heads neither split into 6
+    # nor replicate evenly onto 6 ranks (vLLM's QKVParallelLinear, LMDeploy's both engines).
+    facts = ModelFacts(source="c.json", num_attention_heads=12, num_kv_heads=4, vocab_size=192)
+    for engine in ("vllm", "lmdeploy"):
+        with pytest.raises(PlanError, match=r"4 KV heads .* \(valid: 1, 2, 4, 12\)"):
+            make_plan(request(engine=engine, tp=6, model_facts=facts), NO_GPU_HERE)
+        with pytest.raises(PlanError, match=r"4 KV heads"):
+            make_plan(request(engine=engine, tp=3, model_facts=facts), NO_GPU_HERE)
+    # TP a multiple of the KV heads: every rank holds one replicated KV head.
+    assert make_plan(request(tp=12, model_facts=facts), NO_GPU_HERE).tp == 12
+
+
+def test_vllm_splits_the_padded_vocabulary() -> None:
+    # 24 heads split 3 ways, but vLLM pads 32000 tokens to a multiple of 64 (32000) and shards
+    # the embedding over the ranks: 32000 is not divisible by 3. LMDeploy pads per rank.
+    facts = ModelFacts(source="c.json", num_attention_heads=24, num_kv_heads=24, vocab_size=32000)
+    with pytest.raises(PlanError, match=r"vocabulary of 32000 .* \(valid: 1, 2, 4, 8\)"):
+        make_plan(request(tp=3, model_facts=facts), NO_GPU_HERE)
+    assert make_plan(request(engine="lmdeploy", tp=3, model_facts=facts), NO_GPU_HERE).tp == 3
+    # 32001 tokens pad to 32064 = 3 * 10688: fine.
+    odd = ModelFacts(source="c.json", num_attention_heads=24, num_kv_heads=24, vocab_size=32001)
+    assert make_plan(request(tp=3, model_facts=odd), NO_GPU_HERE).tp == 3
+
+
+def test_unknown_facts_and_the_sim_engine_are_not_checked() -> None:
+    # A hub id has no local config.json: nothing to check, nothing said.
+    spec = make_plan(request(tp=3, model="org/model", model_is_local_dir=False), NO_GPU_HERE)
+    assert spec.tp == 3 and spec.warnings == []
+    partial = ModelFacts(source="c.json", num_attention_heads=None, num_kv_heads=None)
+    assert make_plan(request(tp=3, model_facts=partial), NO_GPU_HERE).tp == 3
+    sim = make_plan(request(engine="sim", model="sim", tp=3, model_facts=TINY), NO_GPU_HERE)
+    assert sim.tp == 3
+
+
+def test_gpu_count_limit_lists_the_valid_values() -> None:
+    with pytest.raises(PlanError, match=r"needs 8 GPUs but this host has 4 \(valid: 1, 2, 3, 4\)"):
+        make_plan(request(tp=8), GPU)
+
+
+# ----------------------------------------------------------------------------- TP against the cores
+
+
+def test_cpu_backend_refuses_more_ranks_than_cores() -> None:
+    # Two ranks bound to one core (VLLM_CPU_OMP_THREADS_BIND=0|1|0) starve each other.
+    with pytest.raises(PlanError) as info:
+        make_plan(request(tp=3), CPU)
+    assert str(info.value).startswith("--tp 3 needs 3 cores for vLLM's CPU backend")
+    assert str(info.value).endswith("this host has 2 (valid: 1, 2)")
+    assert "VLLM_CPU_OMP_THREADS_BIND" in (info.value.hint or "")
+    # The tiny model allows 4, the host does not: say both.
+    with pytest.raises(PlanError, match=r"\(valid: 1, 2\)$"):
+        make_plan(request(tp=4, model_facts=TINY), CPU)
+    # The model's limit comes first: it holds on every host.
+    with pytest.raises(PlanError, match=r"4 attention heads .* \(valid: 1, 2; 4 needs more"):
+        make_plan(request(tp=3, model_facts=TINY), CPU)
+
+
+def test_a_profile_that_binds_the_cpu_ranks_itself_takes_over(tmp_path: Path) -> None:
+    own = tmp_path / "bind.yaml"
+    own.write_text("vllm:\n  env:\n    VLLM_CPU_OMP_THREADS_BIND: nobind\n")
+    spec = make_plan(request(tp=4, profiles=("default", str(own))), CPU)
+    assert spec.env["VLLM_CPU_OMP_THREADS_BIND"] == "nobind"
+    assert any("4 ranks share 2 cores" in w for w in spec.warnings)
+
+
+def test_core_limit_is_for_vllm_on_the_cpu_only() -> None:
+    assert make_plan(request(engine="sim", model="sim", tp=4), CPU).tp == 4
+    assert make_plan(request(tp=4), NO_GPU_HERE).tp == 4
+
+
+def test_lmdeploy_on_a_gpu_less_host_says_how_to_plan_for_a_gpu_host() -> None:
+    spec = make_plan(request(engine="lmdeploy"), CPU)
+    assert any("LMDeploy has no CPU backend" in w and "--device cuda" in w for w in spec.warnings)
+    with pytest.raises(PlanError) as info:
+        make_plan(request(engine="lmdeploy", runtime="docker"), CPU)
+    assert "--device cuda" in (info.value.hint or "")
+    assert make_plan(request(engine="lmdeploy"), NO_GPU_HERE).warnings == []
