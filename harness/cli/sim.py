@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from harness.cli.options import runs_dir_option
 from harness.errors import PortInUse
 from harness.sim.faults import FAULT_KINDS, parse_faults
 
@@ -79,6 +80,7 @@ from harness.sim.faults import FAULT_KINDS, parse_faults
     show_default=True,
     help="Seconds between engine stats log lines (0: none).",
 )
+@runs_dir_option
 @click.pass_context
 def sim(
     ctx: click.Context,
@@ -96,6 +98,7 @@ def sim(
     faults: tuple[str, ...],
     access_log: bool,
     stats_interval: float,
+    runs_dir: str | None,
 ) -> None:
     """Run a simulated OpenAI-compatible engine (vLLM's routes, metrics and log lines).
 
@@ -118,7 +121,9 @@ def sim(
       harness sim --ttft-ms 0 --itl-ms 0        # near-zero-cost target for benchmarks
 
     Unknown options (engine arguments a profile may pass) are ignored with a warning.
+    The simulator writes no run: --runs-dir is accepted (every command takes it) and not used.
     """
+    del runs_dir  # accepted like every command's; `harness serve --engine sim` records the run
     import errno
     import socket
 
