@@ -10,8 +10,11 @@ as ``stalled`` with the time of its last token; the run goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -19,7 +22,7 @@ import httpx
 
 from harness.load.factory import PlannedRequest
 from harness.load.sse import SSEDecoder, SSEMode, StreamAccount, error_from_body
-from harness.load.transport import LeanClient, LeanResponse
+from harness.load.transport import LeanClient, LeanResponse, MalformedResponse
 
 Status = Literal["ok", "failed", "stalled", "aborted"]
 
@@ -36,6 +39,8 @@ class InFlight:
     sent_at: float  # unix time
     sent_perf: float  # perf_counter at send
     account: StreamAccount = field(default_factory=StreamAccount)
+    #: The request body exactly as sent (JSON bytes); set by :func:`send_request`.
+    content: bytes | None = None
 
     def to_dict(self, now_perf: float | None = None) -> dict[str, Any]:
         now = time.perf_counter() if now_perf is None else now_perf
@@ -74,7 +79,13 @@ def make_client(
         "base_url": base_url,
         "timeout": client_timeouts(stall_after_s),
         "limits": limits,
-        "headers": {"content-type": "application/json", "accept": "text/event-stream"},
+        # The client reads the raw body: ask for it uncompressed (a compressing proxy would
+        # otherwise gzip every stream); a server that compresses anyway is decoded.
+        "headers": {
+            "content-type": "application/json",
+            "accept": "text/event-stream",
+            "accept-encoding": "identity",
+        },
         "trust_env": False,
     }
     if transport == "aiohttp":
@@ -118,6 +129,7 @@ async def send_request(
     http_status: int | None = None
     header_id: str | None = None
     content = json.dumps(planned.body, separators=(",", ":")).encode()
+    flight.content = content
     t0 = time.perf_counter()
     flight.sent_perf = t0
     flight.sent_at = time.time()
@@ -132,18 +144,23 @@ async def send_request(
             ) as resp:
                 http_status = resp.status_code
                 header_id = resp.headers.get("x-request-id")
+                inflate = _inflater(resp.headers.get("content-encoding"))
                 if http_status != 200:
                     body = b""
                     async for part in resp.aiter_raw():
                         body += part
                         if len(body) > _MAX_ERROR_BODY:
                             break
+                    with contextlib.suppress(zlib.error):
+                        body = inflate(body) if inflate is not None else body
                     kind, detail = error_from_body(body)
                     status, error = "failed", f"http_{http_status}" + (f":{kind}" if kind else "")
                 elif planned.stream:
                     decoder = SSEDecoder()
                     async for part in resp.aiter_raw():
                         now = time.perf_counter()
+                        if inflate is not None:
+                            part = inflate(part)
                         for payload in decoder.feed(part):
                             acc.on_event(payload, now)
                         since = now - (acc.last_token if acc.last_token is not None else t0)
@@ -162,11 +179,19 @@ async def send_request(
                 else:
                     body = await resp.aread()
                     now = time.perf_counter()
+                    if inflate is not None:
+                        body = inflate(body)
                     _absorb_plain(acc, body, now)
                     if acc.error is not None:
                         status, error, detail = "failed", "bad_body", acc.error
     except TimeoutError:
         status, error = "stalled", "deadline"
+    except UnsupportedEncoding as exc:
+        status, error, detail = "failed", "content_encoding", str(exc)
+    except zlib.error as exc:
+        status, error, detail = "failed", "content_encoding", f"cannot decode the body: {exc}"
+    except MalformedResponse as exc:
+        status, error, detail = "failed", "protocol_error", str(exc)[:300]
     except (httpx.ReadTimeout, httpx.PoolTimeout):
         status, error = "stalled", "token_stall"
     except httpx.ConnectTimeout:
@@ -183,6 +208,22 @@ async def send_request(
         status, error = "aborted", "cancelled"
         return _record(flight, status, error, detail, http_status, header_id, time.perf_counter())
     return _record(flight, status, error, detail, http_status, header_id, time.perf_counter())
+
+
+class UnsupportedEncoding(Exception):
+    """The server compressed the body with an encoding the client cannot decode."""
+
+
+def _inflater(encoding: str | None) -> Callable[[bytes], bytes] | None:
+    """A streaming decoder for a ``Content-Encoding`` the server used although the client asked
+    for ``identity`` (some proxies ignore it); None when the body is not encoded."""
+    name = (encoding or "").strip().lower()
+    if name in ("", "identity"):
+        return None
+    if name in ("gzip", "x-gzip", "deflate"):
+        # 32 + MAX_WBITS: a gzip or zlib header, detected from the first bytes.
+        return zlib.decompressobj(32 + zlib.MAX_WBITS).decompress
+    raise UnsupportedEncoding(f"the server sent Content-Encoding: {name} (asked for identity)")
 
 
 def _absorb_plain(acc: StreamAccount, body: bytes, now: float) -> None:

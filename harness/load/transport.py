@@ -6,7 +6,9 @@ connections, and caps a 64-connection streamed load at about 450 requests/s on o
 ``httpx-aiohttp`` transport reaches about 1,100. This transport keeps the httpx API (requests,
 responses, timeouts, exceptions) and does only what a load generator on plain HTTP needs: keep-
 alive connections per host, ``Content-Length``/chunked/until-close bodies, a read timeout per
-wait, a connect timeout. ``https://`` URLs are delegated to httpx's default transport.
+wait, a connect timeout. ``https://`` URLs are delegated to httpx's default transport, its pool
+sized like the load's concurrency. Every transport asks for ``Accept-Encoding: identity``: the
+client reads raw bytes, and a compressing proxy would otherwise turn every stream into gzip.
 
 :class:`LeanClient` adds :meth:`LeanClient.stream_post`, the load's hot path: the request head
 (the bytes httpx would send for that path) is built once per path, and a request skips httpx's
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -26,9 +29,36 @@ import httpx
 
 _SIZE, _DATA, _DATA_CRLF, _TRAILER, _LENGTH, _CLOSE, _DONE = range(7)
 
+#: A response head longer than this is refused (h11's limit for an incomplete event is 16 KiB).
+MAX_HEAD_BYTES = 64 * 1024
+
+# The grammar h11 applies (RFC 9112): status line, header field, chunk header.
+_STATUS_LINE = re.compile(rb"HTTP/([0-9]\.[0-9]) ([0-9]{3})(?: (?:[ \t]|[^\x00\s])*)?")
+_HEADER_FIELD = re.compile(
+    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
+)
+_CHUNK_HEADER = re.compile(rb"([0-9A-Fa-f]{1,20})(?:;.*)?[ \t]*")
+_CONTENT_LENGTH = re.compile(rb"[0-9]{1,20}")
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+
+
+class MalformedResponse(httpx.RemoteProtocolError):
+    """The server's bytes break HTTP/1.1 (the cases h11 refuses: conflicting or bad
+    ``Content-Length``, an unsupported ``Transfer-Encoding``, a bad status line, header line or
+    chunk)."""
+
 
 class _Conn(asyncio.Protocol):
-    """One keep-alive connection; parses one response at a time."""
+    """One keep-alive connection; parses one response at a time.
+
+    The parser follows h11 (httpx's default HTTP/1.1 implementation) where it matters to a
+    client: interim ``1xx`` responses (``100 Continue``, ``103 Early Hints``) are skipped and the
+    final status is read; ``Content-Length`` must be one number (repeated identical values are
+    merged, different ones refused); ``Transfer-Encoding`` must be exactly ``chunked`` and
+    wins over ``Content-Length``; ``Connection: close`` or HTTP/1.0 end keep-alive; bare
+    ``\\n`` line ends are accepted in the head. A violation ends the request with
+    :class:`MalformedResponse` and closes the connection.
+    """
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -55,22 +85,27 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self.state == _CLOSE:
-            self.state = _DONE
-        elif self.state != _DONE or not self.head_done:
-            self.error = exc or ConnectionResetError("server closed the connection")
+        if self.error is None:
+            if self.state == _CLOSE:
+                self.state = _DONE
+            elif self.state != _DONE or not self.head_done:
+                self.error = exc or ConnectionResetError("server closed the connection")
         self._wake()
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if self.error is not None:
+            return
         self._buf += data
-        if not self.head_done:
-            end = self._buf.find(b"\r\n\r\n")
-            if end < 0:
+        try:
+            if not self.head_done and not self._parse_heads():
                 return
-            self._parse_head(bytes(self._buf[:end]))
-            del self._buf[: end + 4]
-        self._parse_body()
+            self._parse_body()
+        except MalformedResponse as exc:
+            self.error = exc
+            self.keep_alive = False
+            self._buf.clear()
+            self.close()
         self._wake()
 
     def _wake(self) -> None:
@@ -78,32 +113,81 @@ class _Conn(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _parse_heads(self) -> bool:
+        """Parse heads until the final one (skipping interim 1xx); False if more bytes are
+        needed."""
+        buf = self._buf
+        while True:
+            if buf[:2] == b"\r\n" or buf[:1] == b"\n":
+                raise MalformedResponse("no response line received")
+            match = _BLANK_LINE.search(buf)
+            if match is None:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise MalformedResponse("response head too long")
+                return False
+            end = match.end()
+            head = bytes(buf[: match.start() + 1])
+            del buf[:end]
+            self._parse_head(head)
+            if self.head_done:
+                return True
+
     def _parse_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        self.status = int(parts[1])
-        version = parts[0]
-        length: int | None = None
-        chunked = False
-        conn_hdr = b""
+        lines = [line[:-1] if line.endswith(b"\r") else line for line in head.split(b"\n")]
+        if lines and not lines[-1]:
+            lines.pop()
+        status_line = _STATUS_LINE.fullmatch(lines[0]) if lines else None
+        if status_line is None:
+            raise MalformedResponse(f"illegal status line: {lines[0][:80]!r}")
+        status = int(status_line.group(2))
+        if status == 101:
+            raise MalformedResponse("unexpected 101 Switching Protocols")
+        headers: list[tuple[bytes, bytes]] = []
         for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            value = value.strip()
-            self.headers.append((name.strip(), value))
-            lname = name.strip().lower()
+            if line[:1] in (b" ", b"\t"):  # obsolete line folding: part of the previous value
+                if not headers:
+                    raise MalformedResponse("continuation line at start of headers")
+                name, value = headers[-1]
+                headers[-1] = (name, value + b" " + line.strip(b" \t"))
+                continue
+            field = _HEADER_FIELD.fullmatch(line)
+            if field is None:
+                raise MalformedResponse(f"illegal header line: {line[:80]!r}")
+            headers.append((field.group(1), field.group(2)))
+        length: bytes | None = None
+        chunked = False
+        close = False
+        for name, value in headers:
+            lname = name.lower()
             if lname == b"content-length":
-                length = int(value)
-            elif lname == b"transfer-encoding" and b"chunked" in value.lower():
+                values = {v.strip() for v in value.split(b",")}
+                if len(values) != 1 or (length is not None and values != {length}):
+                    raise MalformedResponse("conflicting Content-Length headers")
+                length = values.pop()
+                if not _CONTENT_LENGTH.fullmatch(length):
+                    raise MalformedResponse(f"bad Content-Length: {value[:40]!r}")
+            elif lname == b"transfer-encoding":
+                if chunked:
+                    raise MalformedResponse("multiple Transfer-Encoding headers")
+                if value.lower() != b"chunked":
+                    raise MalformedResponse(
+                        f"unsupported Transfer-Encoding: {value[:40]!r} (only chunked)"
+                    )
                 chunked = True
             elif lname == b"connection":
-                conn_hdr = value.lower()
-        self.keep_alive = conn_hdr != b"close" and version == b"HTTP/1.1"
-        if chunked:
+                close = close or b"close" in [v.strip().lower() for v in value.split(b",")]
+        if status < 200:
+            return  # interim response (100 Continue, 103 Early Hints): the final one follows
+        self.status = status
+        self.headers = headers
+        self.keep_alive = not close and status_line.group(1) >= b"1.1"
+        if status in (204, 304):
+            self.state = _DONE
+        elif chunked:
             self.state = _SIZE
         elif length is not None:
-            self.state, self.remaining = (_LENGTH, length) if length else (_DONE, 0)
-        elif self.status in (204, 304) or 100 <= self.status < 200:
-            self.state = _DONE
+            n = int(length)
+            self.state, self.remaining = (_LENGTH, n) if n else (_DONE, 0)
         else:
             self.state = _CLOSE
             self.keep_alive = False
@@ -124,8 +208,13 @@ class _Conn(asyncio.Protocol):
             elif st == _SIZE:
                 idx = buf.find(b"\r\n")
                 if idx < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise MalformedResponse("chunk header too long")
                     return
-                size = int(bytes(buf[:idx]).split(b";", 1)[0], 16)
+                header = _CHUNK_HEADER.fullmatch(buf, 0, idx)
+                if header is None:
+                    raise MalformedResponse(f"illegal chunk header: {bytes(buf[:idx])[:80]!r}")
+                size = int(header.group(1), 16)
                 del buf[: idx + 2]
                 if size == 0:
                     self.state = _TRAILER
@@ -139,16 +228,18 @@ class _Conn(asyncio.Protocol):
                 if self.remaining == 0:
                     self.state = _DATA_CRLF
             elif st == _DATA_CRLF:
+                if buf[:1] != b"\r" or (len(buf) > 1 and buf[1:2] != b"\n"):
+                    raise MalformedResponse(f"malformed chunk footer: {bytes(buf[:2])!r}")
                 if len(buf) < 2:
                     return
                 del buf[:2]
                 self.state = _SIZE
             elif st == _TRAILER:
-                idx = buf.find(b"\r\n")
+                idx = buf.find(b"\n")
                 if idx < 0:
                     return
-                line = bytes(buf[:idx])
-                del buf[: idx + 2]
+                line = bytes(buf[:idx]).rstrip(b"\r")
+                del buf[: idx + 1]
                 if not line:
                     self.state = _DONE
             else:  # _DONE: bytes after a complete response (the server broke protocol)
@@ -173,6 +264,12 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _protocol_error(error: BaseException) -> httpx.RemoteProtocolError:
+    if isinstance(error, MalformedResponse):
+        return error
+    return httpx.RemoteProtocolError(f"server disconnected: {error}")
 
 
 def _timeout(fut: asyncio.Future[None]) -> None:
@@ -207,7 +304,7 @@ class _Body(httpx.AsyncByteStream):
             if conn.state == _DONE:
                 break
             if conn.error is not None:
-                raise httpx.RemoteProtocolError(f"server disconnected: {conn.error}")
+                raise _protocol_error(conn.error)
             await conn.wait(self._timeout)
         self._done = True
 
@@ -226,11 +323,23 @@ class _Body(httpx.AsyncByteStream):
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """Plain-HTTP/1.1 keep-alive transport; see the module docstring."""
+    """Plain-HTTP/1.1 keep-alive transport; see the module docstring.
 
-    def __init__(self) -> None:
+    ``limits`` sizes the pool of the httpx transport that serves ``https://`` URLs (httpx's
+    default, 20 kept alive and 100 at most, would redo TLS handshakes above 20 requests in
+    flight and queue above 100); plain-HTTP connections are opened as needed and all kept.
+    """
+
+    def __init__(self, limits: httpx.Limits | None = None) -> None:
         self._idle: dict[tuple[str, int], list[_Conn]] = {}
         self._fallback: httpx.AsyncHTTPTransport | None = None
+        self.limits = limits or httpx.Limits(max_connections=None, max_keepalive_connections=None)
+
+    def fallback(self) -> httpx.AsyncHTTPTransport:
+        """The httpx transport for ``https://`` (created on first use, sized by ``limits``)."""
+        if self._fallback is None:
+            self._fallback = httpx.AsyncHTTPTransport(limits=self.limits, retries=0)
+        return self._fallback
 
     def _release(self, key: tuple[str, int], conn: _Conn) -> None:
         conn._reset()
@@ -249,9 +358,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         if url.scheme != "http":
-            if self._fallback is None:
-                self._fallback = httpx.AsyncHTTPTransport()
-            return await self._fallback.handle_async_request(request)
+            return await self.fallback().handle_async_request(request)
         host = url.host
         port = url.port or 80
         key = (host, port)
@@ -299,7 +406,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             try:
                 while not conn.head_done:
                     if conn.error is not None:
-                        raise httpx.RemoteProtocolError(f"server disconnected: {conn.error}")
+                        raise _protocol_error(conn.error)
                     await conn.wait(read_timeout)
             except httpx.RemoteProtocolError:
                 conn.close()
@@ -388,8 +495,11 @@ class LeanClient(httpx.AsyncClient):
     (plain ``http://`` base URLs only; see :meth:`lean_for`)."""
 
     def __init__(self, **kwargs: Any) -> None:
-        self._lean = LeanTransport()
-        super().__init__(transport=self._lean, **kwargs)
+        self._lean = LeanTransport(kwargs.pop("limits", None))
+        # The body is read raw (no content decoding): ask for it uncompressed.
+        headers = httpx.Headers(kwargs.pop("headers", None))
+        headers.setdefault("accept-encoding", "identity")
+        super().__init__(transport=self._lean, headers=headers, **kwargs)
         self._heads: dict[str, tuple[str, int, bytes]] = {}
 
     def lean_for(self, path: str) -> bool:
