@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 
@@ -9,11 +10,17 @@ import click
 from rich.console import Console
 
 from harness.cli.options import core_options, runs_dir_option
-from harness.errors import BadInput
+from harness.errors import BadInput, EnvironmentProblem
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
 from harness.watchdog.capture import CaptureOptions, capture_incident
 from harness.watchdog.redact import Redactor
-from harness.watchdog.remote import DEFAULT_MATCH, capture_remote, remote_script, run_remote
+from harness.watchdog.remote import (
+    DEFAULT_MATCH,
+    capture_remote,
+    remote_script,
+    rsh_command,
+    run_remote,
+)
 from harness.watchdog.targets import Target, container_target, pid_target, run_target
 
 
@@ -28,6 +35,20 @@ from harness.watchdog.targets import Target, container_target, pid_target, run_t
     default=DEFAULT_MATCH,
     show_default=True,
     help="With --hosts/--slurm-job: processes whose command line matches this regex.",
+)
+@click.option(
+    "--rsh",
+    default=None,
+    metavar="'CMD {host}'",
+    help="With --hosts: reach each host with this command instead of ssh/pdsh; it runs "
+    "`sh -c SCRIPT` (e.g. 'docker exec {host}', 'kubectl exec {host} --').",
+)
+@click.option(
+    "--host-timeout",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="With --hosts/--slurm-job: deadline for each node's whole dump "
+    "[default: 2 x --timeout + --gap + 60].",
 )
 @click.option(
     "--remote-py-spy",
@@ -65,6 +86,8 @@ def dump(
     hosts: str | None,
     slurm_job: str | None,
     match: str,
+    rsh: str | None,
+    host_timeout: float | None,
     remote_py_spy: str,
     gap: float,
     timeout_s: float,
@@ -80,7 +103,8 @@ def dump(
       RUN_ID               a server harness started (harness ps)
       --pid PID            any process and its children (repeatable)
       --container NAME     every process of a container
-      --hosts h1,h2        every matching process on those nodes, over ssh (pdsh if installed)
+      --hosts h1,h2        every matching process on those nodes, over ssh (pdsh if installed,
+                           or --rsh CMD)
       --slurm-job ID       every node of a Slurm job (srun --overlap --gres=gpu:0)
 
     \b
@@ -89,6 +113,10 @@ def dump(
       harness dump --pid 4242
       harness dump --pid 4242 --core          # also gcore the odd process out (and peers)
       harness dump --slurm-job 2180718 --remote-py-spy ~/venv/bin/py-spy
+      harness dump --hosts node5,node8 --match 'VLLM::'
+
+    A node that does not answer is named with the reason (exit 3 when none answered); one
+    that stops answering keeps what it printed before --host-timeout.
     """
     console = Console(stderr=True)
     chosen = [x for x in (run_id, pids or None, container, hosts, slurm_job) if x]
@@ -103,24 +131,19 @@ def dump(
             "--core works for processes on this machine (RUN_ID, --pid, --container)",
             hint="on the node itself: harness dump --pid PID --core",
         )
+    if rsh and not hosts:
+        raise BadInput("--rsh works with --hosts", hint="harness dump --hosts c1,c2 --rsh ...")
     if hosts or slurm_job:
-        host_list = [h.strip() for h in (hosts or "").split(",") if h.strip()]
-        if hosts and not host_list:
-            raise BadInput("--hosts needs at least one host name")
-        run = RunDir(root / new_run_id("dump")).create()
-        out_dir = out or run.next_incident_dir()
-        script = remote_script(match=match, py_spy=remote_py_spy, gap_s=gap, timeout_s=timeout_s)
-        started = time.time()
-        with console.status(f"dumping {hosts or 'Slurm job ' + str(slurm_job)} ..."):
-            nodes = run_remote(
-                hosts=host_list,
-                slurm_job=slurm_job,
-                script=script,
-                timeout_s=2 * timeout_s + gap + 60,
-            )
-        capture_remote(out_dir, nodes, redactor=Redactor.from_envs(), started_at=started)
-        console.print((out_dir / "summary.md").read_text().splitlines()[1])
-        click.echo(str(out_dir))
+        _dump_nodes(
+            console,
+            root,
+            out,
+            hosts=hosts,
+            slurm_job=slurm_job,
+            rsh=shlex.split(rsh) if rsh else None,
+            script=remote_script(match=match, py_spy=remote_py_spy, gap_s=gap, timeout_s=timeout_s),
+            deadline_s=host_timeout or 2 * timeout_s + gap + 60,
+        )
         return
     target: Target
     if run_id:
@@ -144,3 +167,43 @@ def dump(
         console=console,
     )
     click.echo(str(incident.path))
+
+
+def _dump_nodes(
+    console: Console,
+    root: Path,
+    out: Path | None,
+    *,
+    hosts: str | None,
+    slurm_job: str | None,
+    rsh: list[str] | None,
+    script: str,
+    deadline_s: float,
+) -> None:
+    """``--hosts`` / ``--slurm-job``: run the script on every node, merge what came back."""
+    host_list = [h.strip() for h in (hosts or "").split(",") if h.strip()]
+    if hosts and not host_list:
+        raise BadInput("--hosts needs at least one host name")
+    if rsh is not None:
+        rsh_command(rsh, "h", "")  # a template without {host}: refused before anything runs
+    started = time.time()
+    with console.status(f"dumping {hosts or 'Slurm job ' + str(slurm_job)} ..."):
+        nodes = run_remote(
+            hosts=host_list, slurm_job=slurm_job, script=script, timeout_s=deadline_s, rsh=rsh
+        )
+    if not any(node.answered for node in nodes):
+        failed = "; ".join(f"{n.host} ({n.error or 'no output'})" for n in nodes)
+        raise EnvironmentProblem(
+            f"no node answered: {failed}",
+            hint="check that `ssh HOST true` works without a prompt (BatchMode), "
+            "or reach the nodes with --rsh",
+        )
+    for node in nodes:
+        if not node.complete:
+            note = node.error or "incomplete output"
+            console.print(f"warning: node {node.host}: {note}", markup=False, soft_wrap=True)
+    run = RunDir(root / new_run_id("dump")).create()
+    out_dir = out or run.next_incident_dir()
+    capture_remote(out_dir, nodes, redactor=Redactor.from_envs(), started_at=started)
+    console.print((out_dir / "summary.md").read_text().splitlines()[1], markup=False)
+    click.echo(str(out_dir))

@@ -21,7 +21,6 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +36,7 @@ from harness.watchdog import cores as cr
 from harness.watchdog import stacks as st
 from harness.watchdog.redact import Redactor
 from harness.watchdog.rules import GpuSample, Verdict
+from harness.watchdog.subproc import run_with_deadline
 from harness.watchdog.summary import (
     OddOne,
     ProcessReport,
@@ -241,21 +241,10 @@ class Dump:
 
 
 def _run(argv: Sequence[str], timeout: float) -> tuple[int | None, str]:
-    try:
-        cp = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            errors="replace",
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else ""
-        return None, out + f"\n(timed out after {timeout:g} s)"
-    except OSError as exc:
-        return -1, str(exc)
-    return cp.returncode, (cp.stdout or "") + (cp.stderr or "")
+    done = run_with_deadline(argv, timeout)
+    if done.timed_out:  # what it printed before the deadline is kept
+        return None, done.output + f"\n(timed out after {timeout:g} s)"
+    return done.returncode, done.output
 
 
 PERMISSION_MARKERS = (

@@ -1,11 +1,14 @@
 """Capture across nodes: ``harness dump --hosts h1,h2`` and ``--slurm-job ID``.
 
 The seeds' recipe, automated: one small POSIX ``sh`` script runs on every node (over ssh, pdsh
-when installed, or ``srun --jobid ID --overlap --gres=gpu:0``); it prints the node name, the
-process list and two ``py-spy dump --native`` rounds of every matching process, each dump with
-its own ``timeout`` and a ``--nonblocking`` fallback. The outputs are parsed and merged into one
-bundle whose every process line names its node. Building the commands and parsing the output
-are pure functions (unit-tested); only :func:`run_remote` and :func:`capture_remote` do I/O.
+when installed, a remote shell of the user's choice such as ``docker exec {host}``, or
+``srun --jobid ID --overlap --gres=gpu:0``); it prints the node name, the process list and two
+``py-spy dump --native`` rounds of every matching process, each dump with its own ``timeout``
+and a ``--nonblocking`` fallback. The outputs are parsed and merged into one bundle whose every
+process line names its node. A node that stops answering keeps what it printed before the
+deadline, and never costs the other nodes their dumps (pdsh and srun print every node's output
+through one pipe). Building the commands and parsing the output are pure functions
+(unit-tested); only :func:`run_remote` and :func:`capture_remote` do I/O.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import re
 import shlex
 import shutil
-import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from harness.errors import BadInput, EnvironmentProblem
 from harness.watchdog import stacks as st
 from harness.watchdog.redact import Redactor
 from harness.watchdog.rules import Verdict
+from harness.watchdog.subproc import Completed, run_with_deadline
 from harness.watchdog.summary import (
     ProcessReport,
     odd_one_out,
@@ -45,7 +48,7 @@ echo "{mark}ps"
 ps -eo pid=,ppid=,stat=,pcpu=,nlwp=,args= | grep -v -e '{mark}' -e 'grep -v -e'
 PIDS=$(ps -u "$(id -u)" -o pid=,args= | grep -E -e {match} | grep -v -e '{mark}' -e 'grep -E' \
   | awk '{{print $1}}')
-echo "{mark}pids $PIDS"
+echo "{mark}pids" $PIDS  # unquoted: one line, however many pids
 TMP=$(mktemp -d)
 r=1
 while [ $r -le {rounds} ]; do
@@ -132,12 +135,33 @@ def srun_command(job_id: str, script: str, *, nodes: int | None = None) -> list[
     return [*argv, "sh", "-c", script]
 
 
+def rsh_command(template: Sequence[str], host: str, script: str) -> list[str]:
+    """A remote shell of the user's choice: ``{host}`` replaced, then ``sh -c SCRIPT``.
+
+    For commands that take the program as separate arguments: ``docker exec {host}``,
+    ``kubectl exec {host} --``, a wrapper script. (ssh joins its arguments into one string:
+    it has its own path, configured in ``~/.ssh/config``.)
+    """
+    if not any("{host}" in token for token in template):
+        raise BadInput(
+            f"--rsh {shlex.join(template)!r} has no {{host}} placeholder",
+            hint="e.g. --rsh 'docker exec {host}'",
+        )
+    return [token.replace("{host}", host) for token in template] + ["sh", "-c", script]
+
+
 def split_prefixed(text: str) -> dict[str, str]:
-    """pdsh (``host: line``) or ``srun --label`` (``3: line``) output, per prefix."""
+    """pdsh (``host: line``) or ``srun --label`` (``3: line``) output, per prefix.
+
+    pdsh's own messages about a node (``pdsh@login: n8: ssh exited with exit code 255``) are
+    filed under that node.
+    """
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
         prefix, sep, rest = line.partition(": ")
-        if not sep or " " in prefix.strip():
+        if prefix.startswith("pdsh@") and sep:
+            prefix, sep, rest = rest.partition(": ")
+        if not sep or " " in prefix.strip() or not prefix.strip():
             continue
         out.setdefault(prefix.strip(), []).append(rest)
     return {k: "\n".join(v) + "\n" for k, v in out.items()}
@@ -161,8 +185,9 @@ class NodeDump:
     procs: dict[int, NodeProc] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
     stacks: dict[int, list[str]] = field(default_factory=dict)
-    complete: bool = False
-    error: str | None = None
+    answered: bool = False  # the script ran there (it printed the node's name)
+    complete: bool = False  # ... and to its end
+    error: str | None = None  # why not (ssh's last words, a timeout)
 
 
 def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
@@ -184,6 +209,7 @@ def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
             section = word
             if word == "host":
                 node.host = rest.strip() or fallback_host
+                node.answered = True
             elif word == "pids":
                 node.pids = [int(p) for p in rest.split() if p.isdigit()]
             elif word == "stack":
@@ -272,8 +298,14 @@ def run_remote(
     slurm_job: str | None = None,
     script: str,
     timeout_s: float,
+    rsh: Sequence[str] | None = None,
 ) -> list[NodeDump]:
-    """Run ``script`` on every node and parse what came back (one NodeDump per node)."""
+    """Run ``script`` on every node and parse what came back (one NodeDump per node).
+
+    ``rsh`` is a remote shell template (:func:`rsh_command`); without it, nodes are reached
+    with pdsh when installed (several hosts), else with one ssh per host. Every node that did
+    not finish says why in ``error``; what it printed before its deadline is kept.
+    """
     if slurm_job:
         if shutil.which("srun") is None:
             raise EnvironmentProblem(
@@ -281,55 +313,65 @@ def run_remote(
                 hint="run harness dump --slurm-job on a Slurm login node",
             )
         nodes = _slurm_nodes(slurm_job)
-        out = _run(srun_command(slurm_job, script, nodes=nodes), timeout_s, None)
-        return [parse_node_output(text, f"task{k}") for k, text in split_prefixed(out).items()]
+        done = run_with_deadline(srun_command(slurm_job, script, nodes=nodes), timeout_s)
+        found = [
+            _node(text, f"task{k}", done, timeout_s, keep_reported_name=True)
+            for k, text in split_prefixed(done.output).items()
+        ]
+        if not found:
+            found = [_node(done.output, f"job {slurm_job}", done, timeout_s)]
+        return found
     if not hosts:
         raise BadInput("no hosts given")
-    if shutil.which("pdsh") is not None and len(hosts) > 1:
-        out = _run(pdsh_command(hosts, script), timeout_s, {"PDSH_RCMD_TYPE": "ssh"})
-        return [parse_node_output(text, host) for host, text in split_prefixed(out).items()]
-    if shutil.which("ssh") is None:
+    if rsh is None and shutil.which("pdsh") is not None and len(hosts) > 1:
+        done = run_with_deadline(
+            pdsh_command(hosts, script), timeout_s, env={"PDSH_RCMD_TYPE": "ssh"}
+        )
+        parts = split_prefixed(done.output)
+        return sorted(
+            (_node(parts.get(h, ""), h, done, timeout_s) for h in dict.fromkeys(hosts)),
+            key=lambda n: n.host,
+        )
+    if rsh is None and shutil.which("ssh") is None:
         raise EnvironmentProblem("ssh is not installed here", hint="apt-get install openssh-client")
-    with cf.ThreadPoolExecutor(max_workers=min(32, len(hosts))) as pool:
-        futs = {pool.submit(_run, ssh_command(h, script), timeout_s, None): h for h in hosts}
-        nodes_out: list[NodeDump] = []
-        for fut in cf.as_completed(futs):
-            host = futs[fut]
-            text = fut.result()
-            node = parse_node_output(text, host)
-            if not node.complete:
-                tail = text.strip().splitlines()
-                node.error = tail[-1][:300] if tail else "no output"
-            nodes_out.append(node)
+
+    def one(host: str) -> NodeDump:
+        argv = ssh_command(host, script) if rsh is None else rsh_command(rsh, host, script)
+        done = run_with_deadline(argv, timeout_s)
+        return _node(done.output, host, done, timeout_s)
+
+    unique = list(dict.fromkeys(hosts))
+    with cf.ThreadPoolExecutor(max_workers=min(32, len(unique))) as pool:
+        nodes_out = list(pool.map(one, unique))
     return sorted(nodes_out, key=lambda n: n.host)
+
+
+def _node(
+    text: str, name: str, done: Completed, timeout_s: float, *, keep_reported_name: bool = False
+) -> NodeDump:
+    """One node's output, parsed, named as the user named it, with the reason it is short."""
+    node = parse_node_output(text, name)
+    if not keep_reported_name:
+        node.host = name
+    if node.complete:
+        return node
+    if done.timed_out:
+        node.error = f"no answer within {timeout_s:g} s" + (
+            " (what it printed before is kept)" if node.answered else ""
+        )
+    else:
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        last = lines[-1].strip()[:300] if lines else ""
+        code = f"exit {done.returncode}" if done.returncode not in (None, 0) else ""
+        node.error = ": ".join(x for x in (code, last) if x) or "no output"
+    return node
 
 
 def _slurm_nodes(job_id: str) -> int | None:
     if shutil.which("squeue") is None:
         return None
-    out = _run(["squeue", "-h", "-j", job_id, "-o", "%D"], 30, None).strip()
+    out = run_with_deadline(["squeue", "-h", "-j", job_id, "-o", "%D"], 30).output.strip()
     return int(out.splitlines()[0]) if out and out.splitlines()[0].isdigit() else None
-
-
-def _run(argv: Sequence[str], timeout_s: float, env: dict[str, str] | None) -> str:
-    import os
-
-    try:
-        cp = subprocess.run(
-            list(argv),
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout_s,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **env} if env else None,
-        )
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout if isinstance(exc.stdout, str) else ""
-        return out + f"\n(timed out after {timeout_s:g} s)\n"
-    except OSError as exc:
-        return f"{argv[0]}: {exc}\n"
-    return cp.stdout + cp.stderr
 
 
 def capture_remote(
@@ -351,6 +393,9 @@ def capture_remote(
         r, f = node_reports(node)
         reports += r
         files.update(f)
+        if not node.answered:
+            notes.append(f"node {node.host}: no answer ({node.error or 'no output'})")
+            continue
         if not node.complete:
             notes.append(f"node {node.host}: incomplete output ({node.error or 'no end marker'})")
         if not node.pids:

@@ -15,6 +15,7 @@ from harness.watchdog.remote import (
     parse_node_output,
     pdsh_command,
     remote_script,
+    rsh_command,
     split_prefixed,
     srun_command,
     ssh_command,
@@ -84,3 +85,29 @@ def test_merge_names_the_node_in_every_process_line(tmp_path: Path) -> None:
     summary = (out / "summary.md").read_text().splitlines()
     assert summary[1].startswith("Worker_TP1@node-8 stopped (state T)")
     assert "Worker_TP0@node-5 waits in all_reduce" in summary[1]
+
+
+def test_pdsh_messages_about_a_node_are_filed_under_it() -> None:
+    text = "n5: #harness-host n5\npdsh@login: n8: ssh: connect to host n8 port 22: refused\n"
+    parts = split_prefixed(text)
+    assert parts == {"n5": "#harness-host n5\n", "n8": "ssh: connect to host n8 port 22: refused\n"}
+
+
+def test_rsh_template() -> None:
+    argv = rsh_command(["docker", "exec", "{host}"], "c1", "echo hi")
+    assert argv == ["docker", "exec", "c1", "sh", "-c", "echo hi"]
+    with pytest.raises(BadInput, match="placeholder"):
+        rsh_command(["docker", "exec"], "c1", "echo hi")
+
+
+def test_a_node_that_answered_and_one_that_did_not() -> None:
+    answered = parse_node_output(f"{MARK}host n5\n{MARK}ps\n", "n5")
+    assert answered.answered and not answered.complete
+    silent = parse_node_output("ssh: Could not resolve hostname n8\n", "n8")
+    assert not silent.answered and silent.host == "n8"
+
+
+def test_script_lists_every_pid_on_one_line() -> None:
+    # PIDS holds one pid per line; the marker line must carry all of them.
+    script = remote_script(match="x")
+    assert 'echo "#harness-pids" $PIDS' in script
