@@ -109,7 +109,11 @@ def read_user_text(
         raise error(f"{shown}: is a device or socket, not a {what} file")
     limit = f"the {human_size(max_bytes)} limit for a {what}"
     if info.st_size > max_bytes:
-        raise error(f"{shown}: {human_size(info.st_size)} is over {limit}")
+        # Just over the limit, a rounded size would read like the limit itself.
+        size = (
+            human_size(info.st_size) if info.st_size >= 2 * max_bytes else f"{info.st_size:,} bytes"
+        )
+        raise error(f"{shown}: {size} is over {limit}")
     try:
         with open(shown, "rb") as fh:
             # Bounded even when stat cannot tell the size (a pipe, /dev/stdin).

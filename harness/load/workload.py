@@ -27,9 +27,11 @@ Length distributions (tokens, counts): a bare integer (fixed), or ``{dist: fixed
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -238,16 +240,23 @@ def resolve_workload(name_or_path: str) -> Path:
 
 
 def load_workload(name_or_path: str) -> tuple[Workload, Path]:
-    """Read and validate a workload; errors name the file and line and the valid choices.
+    """Read and validate a workload and the prompt file it names; errors name the file and
+    line and the valid choices.
 
-    A file that is binary, not UTF-8, empty, a directory, unreadable or over
-    :data:`~harness.userfiles.WORKLOAD_MAX_BYTES` is one :class:`WorkloadError` line.
+    A file that is binary, not UTF-8, empty, a directory, unreadable or too large
+    (:data:`~harness.userfiles.WORKLOAD_MAX_BYTES`, ``PROMPT_FILE_MAX_BYTES``) is one
+    :class:`WorkloadError` line.
     """
     path = resolve_workload(name_or_path)
     text = read_user_text(
         path, what="workload", kind="YAML", max_bytes=WORKLOAD_MAX_BYTES, error=WorkloadError
     )
-    return parse_workload(text, str(path)), path
+    workload = parse_workload(text, str(path))
+    if workload.prompt.source != "synthetic":
+        # A broken prompt file is a broken workload: refuse it now, before a run is created or
+        # a server contacted. The prompts are kept for the run's own read_prompt_file().
+        read_prompt_file(workload.prompt, path.parent)
+    return workload, path
 
 
 def parse_workload(text: str, filename: str = "<workload>") -> Workload:
@@ -362,6 +371,8 @@ def read_prompt_file(spec: PromptSpec, base: Path) -> list[str]:
     Every problem is one :class:`WorkloadError` line naming the file (and the line for JSONL):
     a file that is binary, not UTF-8, empty, a directory, unreadable or over
     :data:`~harness.userfiles.PROMPT_FILE_MAX_BYTES`; JSON that does not parse; no prompts.
+    An unchanged file is parsed once per process (:func:`load_workload` reads it to check it,
+    the run reads it again).
     """
     assert spec.path is not None
     path = Path(spec.path).expanduser()
@@ -369,23 +380,39 @@ def read_prompt_file(spec: PromptSpec, base: Path) -> list[str]:
         path = base / path
     if not path.exists():
         raise WorkloadError(f"prompt file {path} does not exist")
-    kind = "JSONL" if spec.source == "jsonl" else "JSON"
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
+        return _parse_prompt_file(str(path), spec.source, spec.field)
+    # Same file (inode), same size and times: same prompts.
+    identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+    return list(_parse_prompt_file_cached(str(path), spec.source, spec.field, identity))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_prompt_file_cached(
+    path: str, source: str, field: str, identity: tuple[int, ...]
+) -> tuple[str, ...]:
+    return tuple(_parse_prompt_file(path, source, field))
+
+
+def _parse_prompt_file(path: str, source: str, field: str) -> list[str]:
+    kind = "JSONL" if source == "jsonl" else "JSON"
     text = read_user_text(
         path, what="prompt file", kind=kind, max_bytes=PROMPT_FILE_MAX_BYTES, error=WorkloadError
     )
     prompts: list[str] = []
-    if spec.source == "jsonl":
+    if source == "jsonl":
         # Only "\n" ends a JSON Lines record; str.splitlines() would also split at U+2028.
         for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             obj = _json(line, f"{path}:{n}")
-            value = obj.get(spec.field) if isinstance(obj, dict) else None
+            value = obj.get(field) if isinstance(obj, dict) else None
             if not isinstance(value, str):
-                raise WorkloadError(f"{path}:{n}: no string field {spec.field!r}")
+                raise WorkloadError(f"{path}:{n}: no string field {field!r}")
             prompts.append(value)
     else:
-        data = _json(text, str(path))
+        data = _json(text, path)
         if not isinstance(data, list):
             raise WorkloadError(f"{path}: a ShareGPT file is a JSON list of conversations")
         for conv in data:

@@ -49,11 +49,11 @@ def test_device_is_refused_without_reading_forever() -> None:
 def test_size_is_checked_before_reading(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_bytes(b"a: 1\n" * 300)
-    with pytest.raises(
-        BadInput, match=r"^.*big.yaml: 1.5 KiB is over the 1 KiB limit for a profile$"
-    ):
+    with pytest.raises(BadInput, match=r"^.*big.yaml: 1,500 bytes is over the 1 KiB limit for a"):
         read(path, max_bytes=1024)
     assert read(path, max_bytes=1500).startswith("a: 1")
+    with pytest.raises(BadInput, match=r"^.*big.yaml: 1.5 KiB is over the 512 bytes limit"):
+        read(path, max_bytes=512)
 
 
 def test_a_pipe_is_read_up_to_the_limit_only(tmp_path: Path) -> None:
