@@ -230,10 +230,12 @@ def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, s
                 f"(valid: {_format_values(here)})",
                 hint="lower --tp, or plan for another host with --device cuda",
             )
-        # vLLM CPU binds each rank's OpenMP threads to its own cores; two ranks on one core
-        # spin against each other in every collective (vLLM's own automatic binding refuses
-        # fewer cores than ranks). Refused rather than warned: it looks like the hangs this
-        # tool hunts.
+        # vLLM CPU binds each rank's OpenMP threads to its own cores, and its shared-memory
+        # all-reduce busy-waits for the peers (csrc/cpu/shm.cpp, wait_for_one: a spin loop on
+        # _mm_pause): two ranks on one core wait on each other a scheduler time slice at a
+        # time, in every collective. vLLM's own automatic binding refuses fewer NUMA nodes (or,
+        # simulated, CPUs) than ranks. Refused rather than warned: it looks like the hangs
+        # this tool hunts.
         raise PlanError(
             f"--tp {tp} needs {tp} cores for vLLM's CPU backend (one core set per rank, "
             f"{CPU_BIND_VARIABLE}) but this host has {count} (valid: {_format_values(here)})",

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from harness.errors import ProfileError
 from harness.spec import Deadlines, LoadLimits, OnHang, VolumeSpec, WatchSettings
-from harness.userfiles import PROFILE_MAX_BYTES, parse_yaml, read_user_text
+from harness.userfiles import PROFILE_MAX_BYTES, key_path, parse_yaml, read_user_text
 
 Scalar = str | int | float | bool
 ArgValue = str | int | float | bool | None
@@ -209,11 +209,11 @@ def parse_profile(text: str, source: str) -> ProfileFile:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
-        dotted = ".".join(str(p) for p in loc)
+        dotted = key_path(loc)
         if err["type"] == "extra_forbidden":
             parent = loc[:-1]
             valid = _valid_keys(ProfileFile, parent)
-            where = f" in {'.'.join(str(p) for p in parent)}" if parent else ""
+            where = f" in {key_path(parent)}" if parent else ""
             choices = f" (valid: {', '.join(valid)})" if valid else ""
             message = f"unknown key {loc[-1]!r}{where}{choices}"
         else:

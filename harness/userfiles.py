@@ -15,7 +15,9 @@ YAML goes through :func:`parse_yaml`, which also refuses a key given twice in on
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -127,6 +129,18 @@ def read_user_text(
     if not data:
         raise error(f"{shown}: empty file (a {what} is a {kind} text file)")
     return decode_user_text(data, shown, what=what, kind=kind, error=error)
+
+
+def key_path(parts: Iterable[object]) -> str:
+    """``("vllm", "args", "--x")`` -> ``vllm.args.--x``, for messages: a key that is not a plain
+    word (a newline, a dot, a space) is quoted, so a message stays one readable line."""
+    return ".".join(
+        str(part) if isinstance(part, int) or _PLAIN_KEY.fullmatch(str(part)) else repr(part)
+        for part in parts
+    )
+
+
+_PLAIN_KEY = re.compile(r"[-\w]+")
 
 
 # ----------------------------------------------------------------------------- YAML
@@ -257,7 +271,7 @@ def _check_duplicate_keys(
             if first is None:
                 first_lines[key] = line
             else:
-                where = f" in {'.'.join(path)}" if path else ""
+                where = f" in {key_path(path)}" if path else ""
                 found.append((line, f"duplicate key {key!r}{where} (first on line {first})"))
     if found:
         line, problem = min(found)
@@ -274,7 +288,15 @@ def parse_yaml(
     :data:`MAX_YAML_DEPTH`, aliases that recurse or expand beyond :data:`MAX_YAML_VALUES`, a
     value an explicit tag cannot build.
     """
-    loader = _StrictLoader(text)
+    try:
+        loader = _StrictLoader(text)
+    except yaml.reader.ReaderError as exc:
+        # Control characters, refused before parsing starts (PyYAML's reader).
+        line = text.count("\n", 0, exc.position) + 1
+        raise error(
+            f"{source}:{line}: malformed YAML: character U+{exc.character:04X} is not allowed "
+            "in YAML"
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -43,6 +43,7 @@ from harness.errors import WorkloadError
 from harness.userfiles import (
     PROMPT_FILE_MAX_BYTES,
     WORKLOAD_MAX_BYTES,
+    key_path,
     parse_yaml,
     read_user_text,
 )
@@ -278,7 +279,7 @@ def parse_workload(text: str, filename: str = "<workload>") -> Workload:
         loc = tuple(err["loc"])
         tag_error = err["type"] in ("union_tag_invalid", "union_tag_not_found")
         lineno = _line_of(node, (*loc, "dist") if tag_error else loc)
-        where = ".".join(str(p) for p in loc if not _is_tag(p)) or "(top level)"
+        where = key_path(p for p in loc if not _is_tag(p)) or "(top level)"
         raise WorkloadError(
             f"{filename}:{lineno}: {where}: {_explain(err, loc)}",
             hint="see docs/load.md for the workload format",

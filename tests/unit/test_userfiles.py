@@ -16,6 +16,7 @@ from harness.userfiles import (
     MIB,
     decode_user_text,
     human_size,
+    key_path,
     parse_yaml,
     read_user_text,
 )
@@ -184,3 +185,15 @@ def test_alias_bombs_are_refused() -> None:
 def test_values_an_explicit_tag_cannot_build_have_a_line(text: str, line: int) -> None:
     with pytest.raises(BadInput, match=rf"^f.yaml:{line}: malformed YAML: "):
         parse_yaml(text, "f.yaml")
+
+
+def test_control_characters_are_refused_with_their_line() -> None:
+    # Found by tests/unit/test_loaders_fuzz.py: PyYAML refuses them before parsing starts.
+    with pytest.raises(BadInput, match=r"^f.yaml:2: malformed YAML: character U\+0001 is not"):
+        parse_yaml("a: 1\nb: \x01\n", "f.yaml")
+
+
+def test_key_paths_quote_keys_that_are_not_plain_words() -> None:
+    assert key_path(("vllm", "args", "--max-model-len", 0)) == "vllm.args.--max-model-len.0"
+    # Found by the fuzz test: a key holding a newline split an error message over two lines.
+    assert key_path(("env", "A\nB", "a.b")) == "env.'A\\nB'.'a.b'"
