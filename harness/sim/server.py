@@ -181,6 +181,9 @@ class SimServer:
         hang = "startup-hang" in self.faults and self.rng.random() < float(
             self.faults["startup-hang"].params["p"]
         )
+        if hang:
+            # Said in the log so that a test can count injected hangs without the watchdog.
+            log("startup-hang fault: this start will never become healthy", "WARNING")
         loop = asyncio.get_running_loop()
         if cfg.tp > 1:
             mode = (
