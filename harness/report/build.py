@@ -17,7 +17,7 @@ from typing import Any
 from harness import __version__
 from harness.records import iter_jsonl, read_json
 from harness.report import charts
-from harness.report.aggregate import RecordStats
+from harness.report.aggregate import RecordStats, finished_at
 from harness.report.compare import LATENCIES, CellData
 from harness.report.data import load_cells
 from harness.report.document import Chart, Document, Section, Table, render_html, render_markdown
@@ -158,6 +158,7 @@ def build_compare(run_path: Path, campaign: dict[str, Any], summary: dict[str, A
     doc = Document(
         title=f"compare {campaign.get('id', run_path.name)}: {labels}",
         verdict=_compare_verdict(comparisons, block.get("cells", [])),
+        bad=any(c.get("hangs") for c in block.get("cells", [])),
         facts=[
             ("model", str(options.get("model"))),
             ("runtime", str(options.get("runtime"))),
@@ -327,12 +328,10 @@ def _compare_charts(
             )
     tok: dict[str, list[tuple[float, float | None]]] = {}
     ttft: dict[str, list[tuple[float, float | None]]] = {}
-    marks: list[tuple[float, str]] = []
     for c in cells:
         if not c.repeats:
             continue
-        first = c.repeats[0]
-        windows = read_json(run_path / str(first["run_dir"]) / "summary.json").get("windows", [])
+        windows = _windows(run_path / str(c.repeats[0]["run_dir"]) / "requests.jsonl")
         tok[c.label] = [(w["start_s"], w.get("output_tokens_per_s")) for w in windows]
         ttft[c.label] = [(w["start_s"], (w.get("ttft_ms") or {}).get("p50")) for w in windows]
     if tok:
@@ -343,7 +342,6 @@ def _compare_charts(
                     tok,
                     title="Output tokens/s over time (first repeat of each cell)",
                     ylabel="tokens/s",
-                    marks=marks,
                 ),
             )
         )
@@ -394,6 +392,25 @@ def _compare_charts(
         )
     )
     return section
+
+
+def _windows(records_path: Path) -> list[dict[str, Any]]:
+    """Time windows of one run's records, about 20 to 60 of them over its span."""
+    first: float | None = None
+    last: float | None = None
+    for rec in iter_jsonl(records_path):
+        sent = rec.get("sent_at")
+        end = finished_at(rec)
+        if isinstance(sent, int | float):
+            first = sent if first is None else min(first, sent)
+        if end is not None:
+            last = end if last is None else max(last, end)
+    if first is None or last is None:
+        return []
+    stats = RecordStats(first, window_s=auto_window_s(last - first))
+    stats.extend(iter_jsonl(records_path))
+    windows: list[dict[str, Any]] = stats.summary()["windows"]
+    return windows
 
 
 def _slo_section(cells: Sequence[CellData], search: Mapping[str, Any]) -> Section:
@@ -475,6 +492,7 @@ def build_repro(run_path: Path, campaign: dict[str, Any], summary: dict[str, Any
     doc = Document(
         title=f"repro-startup {campaign.get('id', run_path.name)}: {_engine_tp(options)}",
         verdict=verdict,
+        bad=bool(s.get("hangs") or s.get("crashes")),
         facts=[
             ("model", str(options.get("model"))),
             (
@@ -590,6 +608,7 @@ def build_soak(run_path: Path, campaign: dict[str, Any], summary: dict[str, Any]
     doc = Document(
         title=f"soak {campaign.get('id', run_path.name)}: {_engine_tp(options)}",
         verdict=verdict,
+        bad=bool(soak.get("incidents")),
         facts=[
             ("model", str(options.get("model"))),
             (
@@ -750,6 +769,7 @@ def build_run(run_path: Path, campaign: dict[str, Any], summary: dict[str, Any])
     doc = Document(
         title=f"run {run_path.name}",
         verdict=verdict,
+        bad=bool(incidents),
         facts=[
             (k, str(spec.get(k)))
             for k in ("engine", "model", "tp", "profiles", "runtime")

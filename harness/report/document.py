@@ -48,6 +48,8 @@ class Document:
     facts: list[tuple[str, str]] = field(default_factory=list)
     sections: list[Section] = field(default_factory=list)
     footer: str = ""
+    #: The verdict is bad news (a hang, a crash, a failed start): shown in red.
+    bad: bool = False
 
     @property
     def charts(self) -> list[Chart]:
@@ -65,7 +67,8 @@ table{border-collapse:collapse;margin:.6rem 0 1rem;font-size:.85rem}
 th,td{border:1px solid #d0d7de;padding:.25rem .5rem;text-align:right;vertical-align:top}
 th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 .facts td{text-align:left}.caption{font-size:.8rem;color:#57606a}
-figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:1rem}
+figure{margin:0}figure img{width:100%;height:auto;border:1px solid #eaeef2}
 .sig{color:#cf222e;font-weight:600}.noise{color:#57606a}
 footer{margin-top:2rem;font-size:.8rem;color:#57606a}
 """
@@ -81,8 +84,6 @@ window.addEventListener("load", function () {
   if (out) out.textContent = ok + " of " + imgs.length + " charts rendered";
 });
 """
-
-_BAD_WORDS = ("hang", "crash", "fail", "stall", "interrupted")
 
 
 def _cell(text: str, href: str | None) -> str:
@@ -109,9 +110,7 @@ def _html_table(table: Table, css: str = "") -> str:
 
 def render_html(doc: Document) -> str:
     """The single-file HTML report."""
-    bad = any(
-        word in doc.verdict.lower() for word in _BAD_WORDS
-    ) and not doc.verdict.lower().startswith(("no ", "0 "))
+    bad = doc.bad
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -129,6 +128,8 @@ def render_html(doc: Document) -> str:
             if table.title:
                 out.append(f"<h3>{html.escape(table.title)}</h3>")
             out.append(_html_table(table))
+        if section.charts:
+            out.append('<div class="charts">')
         for chart in section.charts:
             data = base64.b64encode(chart.svg.encode()).decode("ascii")
             out.append(
@@ -141,6 +142,8 @@ def render_html(doc: Document) -> str:
                 )
                 + "</figure>"
             )
+        if section.charts:
+            out.append("</div>")
     out.append(
         f'<footer>{html.escape(doc.footer)} <span id="chart-check"></span></footer>'
         f"<script>{_SCRIPT}</script></body></html>"
