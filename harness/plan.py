@@ -21,7 +21,7 @@ from typing import Literal, cast
 from harness.containerplan import ENGINE_NAMES
 from harness.engines import LaunchRequest, get_adapter
 from harness.errors import PlanError
-from harness.profiles import PLACEHOLDERS, compose
+from harness.profiles import MAX_SECONDS, PLACEHOLDERS, compose
 from harness.spec import (
     ContainerSpec,
     Deadlines,
@@ -56,6 +56,9 @@ class HostFacts:
 #: vLLM pads the vocabulary to a multiple of this before sharding it over the TP ranks
 #: (``DEFAULT_VOCAB_PADDING_SIZE`` in vllm/model_executor/layers/vocab_parallel_embedding.py).
 VLLM_VOCAB_PADDING = 64
+
+#: TP values a message lists go no higher.
+MAX_LISTED_TP = 1024
 
 #: vLLM CPU's per-rank core binding; harness sets one disjoint core set per rank unless a
 #: profile sets it.
@@ -195,20 +198,23 @@ def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, s
     return warnings for what a profile chose to override."""
     tp = request.tp
     facts = request.model_facts if request.engine != "sim" else None
-    upper = max(tp, facts.num_attention_heads or 64) if facts else max(tp, 64)
-    fits_model = [
-        t
-        for t in range(1, upper + 1)
-        if facts is None or tp_misfit(t, facts, request.engine) is None
-    ]
     limit: tuple[int, str] | None = None
     binds_cpus = request.engine == "vllm" and host.device == "cpu"
     if binds_cpus and CPU_BIND_VARIABLE not in profile_env:
         limit = (host.cpu_count, "cores")
     elif host.device == "cuda" and host.gpu_count:
         limit = (host.gpu_count, "GPUs")
+    # The values a message lists: up to the heads (no TP above them splits a model), else up
+    # to the host's limit; never more than MAX_LISTED_TP candidates.
+    heads = facts.num_attention_heads if facts else None
+    upper = min(MAX_LISTED_TP, heads or (limit[0] if limit else 64))
+    fits_model = [
+        t
+        for t in range(1, upper + 1)
+        if facts is None or tp_misfit(t, facts, request.engine) is None
+    ]
     here = [t for t in fits_model if limit is None or t <= limit[0]]
-    beyond = [t for t in fits_model if t not in here]
+    beyond = fits_model[len(here) :]
 
     misfit = tp_misfit(tp, facts, request.engine) if facts else None
     if misfit is not None:
@@ -325,14 +331,14 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
 
     deadlines = composed.deadlines
     if request.startup_timeout_s is not None:
-        if request.startup_timeout_s <= 0:
-            raise PlanError("--startup-timeout must be positive")
+        if not 0 < request.startup_timeout_s <= MAX_SECONDS:
+            raise PlanError(f"--startup-timeout must be positive and at most {MAX_SECONDS} s")
         deadlines = Deadlines(**{**deadlines.model_dump(), "startup_s": request.startup_timeout_s})
     watch = composed.watch
     overrides: dict[str, object] = {}
     if request.stall_after_s is not None:
-        if request.stall_after_s <= 0:
-            raise PlanError("--stall-after must be positive")
+        if not 0 < request.stall_after_s <= MAX_SECONDS:
+            raise PlanError(f"--stall-after must be positive and at most {MAX_SECONDS} s")
         overrides["stall_after_s"] = request.stall_after_s
     if request.on_hang is not None:
         overrides["on_hang"] = request.on_hang

@@ -43,8 +43,14 @@ def shipped_profiles_dir() -> Path:
     return Path(__file__).resolve().parents[1] / "profiles"
 
 
+#: The longest time a profile may set (30 days): longer is a typo, and far longer overflows
+#: the waits that use it (``threading`` and ``time.sleep`` refuse timeouts past ~292 years).
+MAX_SECONDS = 30 * 24 * 3600
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are refused: a deadline of .inf is no deadline.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class EngineSection(_Strict):
@@ -77,17 +83,17 @@ class ContainerOptions(_Strict):
 
 
 class DeadlinesPatch(_Strict):
-    startup_s: float | None = Field(default=None, gt=0)
-    startup_log_silence_s: float | None = Field(default=None, gt=0)
-    stop_grace_s: float | None = Field(default=None, gt=0)
-    request_s: float | None = Field(default=None, gt=0)
+    startup_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    startup_log_silence_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    stop_grace_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    request_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
 
 
 class WatchPatch(_Strict):
-    stall_after_s: float | None = Field(default=None, gt=0)
-    canary_interval_s: float | None = Field(default=None, gt=0)
-    canary_deadline_s: float | None = Field(default=None, gt=0)
-    engine_stall_s: float | None = Field(default=None, gt=0)
+    stall_after_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    canary_interval_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    canary_deadline_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
+    engine_stall_s: float | None = Field(default=None, gt=0, le=MAX_SECONDS)
     on_hang: OnHang | None = None
     enabled: bool | None = None
 

@@ -51,13 +51,19 @@ from harness.userfiles import (
 WORKLOAD_SUFFIXES = (".yaml", ".yml")
 
 
+#: The largest length (tokens, images per request) a workload may ask for: 16 Mi. Larger is a
+#: typo, and the prompt synthesiser would try to build a corpus that size.
+MAX_LENGTH = 2**24
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused: a length or a weight of inf fails only once the run has started.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Fixed(_Model):
     dist: Literal["fixed"] = "fixed"
-    value: int = Field(ge=0)
+    value: int = Field(ge=0, le=MAX_LENGTH)
 
     def sample(self, rng: random.Random) -> int:
         return self.value
@@ -69,8 +75,8 @@ class Fixed(_Model):
 
 class Uniform(_Model):
     dist: Literal["uniform"]
-    min: int = Field(ge=0)
-    max: int = Field(ge=0)
+    min: int = Field(ge=0, le=MAX_LENGTH)
+    max: int = Field(ge=0, le=MAX_LENGTH)
 
     @model_validator(mode="after")
     def _ordered(self) -> Uniform:
@@ -87,42 +93,55 @@ class Uniform(_Model):
 
 
 class _Bounded(_Model):
-    min: int = Field(default=0, ge=0)
-    max: int | None = Field(default=None, ge=0)
+    min: int = Field(default=0, ge=0, le=MAX_LENGTH)
+    max: int | None = Field(default=None, ge=0, le=MAX_LENGTH)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Bounded:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
 
     def _clip(self, value: float) -> int:
-        v = max(self.min, round(value))
+        ceiling = self.max if self.max is not None else MAX_LENGTH
+        if not math.isfinite(value):
+            return ceiling if value > 0 else self.min
+        return int(min(ceiling, max(self.min, round(min(value, ceiling)))))
+
+    def _bound(self, typical_max: float) -> int:
+        """``upper`` without a ``max``: a value above every sample but the rarest."""
         if self.max is not None:
-            v = min(self.max, v)
-        return int(v)
+            return self.max
+        return max(self.min, min(MAX_LENGTH, int(typical_max) + 1))
 
 
 class Normal(_Bounded):
     dist: Literal["normal"]
-    mean: float = Field(ge=0)
-    std: float = Field(ge=0)
+    mean: float = Field(ge=0, le=MAX_LENGTH)
+    std: float = Field(ge=0, le=MAX_LENGTH)
 
     def sample(self, rng: random.Random) -> int:
         return self._clip(rng.normalvariate(self.mean, self.std))
 
     @property
     def upper(self) -> int:
-        return self.max if self.max is not None else int(self.mean + 6 * self.std) + 1
+        return self._bound(self.mean + 6 * self.std)
 
 
 class LogNormal(_Bounded):
     dist: Literal["lognormal"]
-    median: float = Field(gt=0)
-    sigma: float = Field(ge=0)
+    median: float = Field(gt=0, le=MAX_LENGTH)
+    sigma: float = Field(ge=0, le=100)
 
     def sample(self, rng: random.Random) -> int:
-        return self._clip(rng.lognormvariate(math.log(self.median), self.sigma))
+        # rng.lognormvariate() is exp(normalvariate()): the same draws, without exp's overflow.
+        log_value = rng.normalvariate(math.log(self.median), self.sigma)
+        return self._clip(math.exp(min(log_value, math.log(MAX_LENGTH) + 1)))
 
     @property
     def upper(self) -> int:
-        if self.max is not None:
-            return self.max
-        return int(self.median * math.exp(6 * self.sigma)) + 1
+        log_upper = math.log(self.median) + 6 * self.sigma
+        return self._bound(math.exp(min(log_upper, math.log(MAX_LENGTH) + 1)))
 
 
 Length = Annotated[Fixed | Uniform | Normal | LogNormal, Field(discriminator="dist")]
@@ -157,7 +176,7 @@ class PromptSpec(_Model):
 class ImageSize(_Model):
     width: int = Field(gt=0, le=65536)
     height: int = Field(gt=0, le=65536)
-    weight: float = Field(default=1.0, gt=0)
+    weight: float = Field(default=1.0, gt=0, le=1e6)
 
 
 class ImageSpec(_Model):

@@ -286,3 +286,20 @@ def test_lmdeploy_on_a_gpu_less_host_says_how_to_plan_for_a_gpu_host() -> None:
         make_plan(request(engine="lmdeploy", runtime="docker"), CPU)
     assert "--device cuda" in (info.value.hint or "")
     assert make_plan(request(engine="lmdeploy"), NO_GPU_HERE).warnings == []
+
+
+@pytest.mark.parametrize("seconds", [0.0, -1.0, float("inf"), float("nan"), 1e300])
+def test_command_line_deadlines_are_real_deadlines(seconds: float) -> None:
+    with pytest.raises(PlanError, match="--startup-timeout must be positive and at most"):
+        make_plan(request(startup_timeout_s=seconds), CPU)
+    with pytest.raises(PlanError, match="--stall-after must be positive and at most"):
+        make_plan(request(stall_after_s=seconds), CPU)
+
+
+def test_absurd_counts_are_answered_at_once() -> None:
+    # A config.json or a --tp far beyond any real model lists at most 1024 candidates.
+    huge = ModelFacts(source="c.json", num_attention_heads=10**30, num_kv_heads=7, vocab_size=9)
+    with pytest.raises(PlanError, match=r"--tp 1000000000 does not fit"):
+        make_plan(request(tp=10**9, model_facts=huge), NO_GPU_HERE)
+    with pytest.raises(PlanError, match=r"needs 1000000000 cores .* \(valid: 1, 2\)"):
+        make_plan(request(tp=10**9), CPU)

@@ -196,3 +196,12 @@ def test_huge_profile_is_refused_without_reading_it(tmp_path: Path) -> None:
         fh.truncate(3 * 1024**3)  # sparse: takes no disk space
     with pytest.raises(ProfileError, match=rf"^{path}: 3.0 GiB is over the 1 MiB limit"):
         load_profile(str(path))
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "1e300"])
+def test_a_deadline_must_be_a_real_deadline(value: str) -> None:
+    # .inf is no deadline; 1e300 s overflows the waits that use it.
+    with pytest.raises(ProfileError, match=r"^p.yaml:2: deadlines.startup_s: "):
+        parse_profile(f"deadlines:\n  startup_s: {value}\n", "p.yaml")
+    with pytest.raises(ProfileError, match=r"^p.yaml:1: watch.stall_after_s: "):
+        parse_profile(f"watch: {{stall_after_s: {value}}}\n", "p.yaml")
