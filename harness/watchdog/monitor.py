@@ -373,14 +373,11 @@ def _record(
 
 
 def _load_inflight(run_path: Path) -> list[dict[str, Any]]:
-    """In-flight requests the load generator publishes (``inflight.json`` in the run dir)."""
-    path = run_path / "inflight.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return []
-    items = data.get("requests", data) if isinstance(data, dict) else data
-    return [r for r in items if isinstance(r, dict)] if isinstance(items, list) else []
+    """In-flight requests the load generator publishes (``inflight.json`` in the run dir;
+    large bodies in ``inflight.d/``, inlined here; nothing when the load that wrote it is gone)."""
+    from harness.load.inflight import read_inflight
+
+    return read_inflight(run_path)
 
 
 def capture_startup_hang(
