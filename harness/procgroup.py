@@ -174,7 +174,10 @@ def stop_tree(
     leftovers = _alive(members)
     if leftovers:
         _signal(group, leftovers, signal.SIGKILL)
-        psutil.wait_procs(leftovers, timeout=kill_wait_s)
+        # Our own child is reaped by Popen.wait below (psutil would reap it first and the
+        # exit code would be lost).
+        others = [p for p in leftovers if popen is None or p.pid != popen.pid]
+        psutil.wait_procs(others, timeout=kill_wait_s)
     if popen is None:
         return None
     try:

@@ -19,7 +19,7 @@ from harness.errors import BadInput
 METRICS = ("ttft", "tpot", "itl", "e2e")
 PERCENTILES = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p999", "mean": "mean"}
 _ITEM = re.compile(
-    r"^\s*(?P<metric>[a-z]+)(?:@(?P<pct>[a-z0-9]+))?\s*=\s*(?P<value>\d+(?:\.\d*)?)\s*(?P<unit>ms|s)?\s*$"
+    r"^\s*(?P<metric>[a-z][a-z0-9]*)(?:@(?P<pct>[a-z0-9]+))?\s*=\s*(?P<value>\d+(?:\.\d*)?)\s*(?P<unit>ms|s)?\s*$"
 )
 MAX_FAILED_FRACTION = 0.01
 MIN_ACHIEVED_FRACTION = 0.9

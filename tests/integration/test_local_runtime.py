@@ -11,10 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.campaign.startup import LogFollower, wait_until_healthy
 from harness.engines.base import phase
 from harness.rundir import RunDir
 from harness.runtime.local import LocalRuntime, local_run_alive, stop_local_run, tail_lines
-from harness.campaign.startup import LogFollower, wait_until_healthy
 from harness.spec import Deadlines, LaunchSpec
 from tests.conftest import free_port
 

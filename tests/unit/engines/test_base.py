@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from harness.campaign.startup import match_phase
 from harness.engines import get_adapter
 from harness.engines.base import cpu_thread_binding, flags_to_argv
 from harness.errors import PlanError
-from harness.campaign.startup import match_phase
 
 
 @pytest.mark.parametrize(
