@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
 import signal
 import sys
@@ -12,12 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 
 from harness.cli.options import runs_dir_option
 from harness.errors import BadInput, CheckFailed
 from harness.load.arrivals import ARRIVAL_KINDS
+from harness.load.results import BENCH_RESULT_FILE
 from harness.load.runner import LoadConfig, LoadRunner, Summary
 from harness.load.workload import available_workloads, load_workload
+from harness.report.exports import (
+    DEFAULT_METRIC_PERCENTILES,
+    parse_goodput,
+    parse_metric_percentiles,
+)
 from harness.report.stats import Slo
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
 from harness.sim.http import event_loop_factory
@@ -49,8 +57,43 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
             self.fail(exc.message, param, ctx)
 
 
-@click.command("load", context_settings={"max_content_width": 100})
-@click.option("--url", help="Base URL of any OpenAI-compatible server, e.g. http://127.0.0.1:8000.")
+def join_goodput_values(args: list[str]) -> list[str]:
+    """``--goodput ttft:500 tpot:50`` (vLLM's spelling: several values after one option) ->
+    ``--goodput "ttft:500 tpot:50"``. The command has no positional arguments, so every bare
+    word after ``--goodput`` belongs to it."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            out.extend(args[i:])
+            break
+        if arg == "--goodput" or arg.startswith("--goodput="):
+            values = [arg.partition("=")[2]] if "=" in arg else []
+            while i + 1 < len(args) and not args[i + 1].startswith("-"):
+                i += 1
+                values.append(args[i])
+            out.append("--goodput")
+            if values:
+                out.append(" ".join(v for v in values if v))
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+class _LoadCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, join_goodput_values(args))
+
+
+@click.command("load", cls=_LoadCommand, context_settings={"max_content_width": 100})
+@click.option(
+    "--url",
+    "--base-url",
+    "url",
+    help="Base URL of any OpenAI-compatible server, e.g. http://127.0.0.1:8000.",
+)
 @click.option(
     "--run",
     "run_id",
@@ -64,15 +107,31 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
     show_default=True,
     help="Workload name (profiles/workloads/NAME.yaml) or path to a workload YAML.",
 )
-@click.option("--rate", type=float, help="Open loop: requests per second (the end rate of --ramp).")
+@click.option(
+    "--rate",
+    "--request-rate",
+    "rate",
+    type=float,
+    help="Open loop: requests per second (the end rate of --ramp). 'inf': as fast as possible, "
+    "a closed loop of --concurrency (or of all --requests at once, as vllm bench serve does).",
+)
 @click.option(
     "--concurrency",
+    "--max-concurrency",
     "-c",
+    "concurrency",
     type=int,
     help="Closed loop: this many requests in flight, back to back. With --rate: a cap.",
 )
 @click.option("--duration", type=Duration(), help="Stop sending after this long (90, 15m, 2h).")
-@click.option("--requests", "-n", "n_requests", type=int, help="Stop after sending N requests.")
+@click.option(
+    "--requests",
+    "--num-prompts",
+    "-n",
+    "n_requests",
+    type=int,
+    help="Stop after sending N requests.",
+)
 @click.option(
     "--seed",
     type=int,
@@ -83,16 +142,13 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 @click.option(
     "--arrival",
     type=click.Choice(ARRIVAL_KINDS),
-    default="poisson",
-    show_default=True,
-    help="Open-loop arrival process.",
+    help="Open-loop arrival process [default: poisson; gamma when --burstiness is not 1].",
 )
 @click.option(
     "--burstiness",
     type=float,
-    default=1.0,
-    show_default=True,
-    help="Gamma shape for --arrival gamma: 1 = Poisson, <1 burstier, >1 smoother.",
+    help="Gamma shape: 1 = Poisson, <1 burstier, >1 smoother (alone it implies --arrival "
+    "gamma, as in vllm bench serve) [default: 1].",
 )
 @click.option(
     "--ramp", type=Duration(), help="Ramp linearly from --ramp-from to --rate over this long."
@@ -152,6 +208,20 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 @click.option("--slo-tpot-ms", type=float, help="Goodput SLO: time per output token (ms).")
 @click.option("--slo-e2e-ms", type=float, help="Goodput SLO: end-to-end latency (ms).")
 @click.option(
+    "--goodput",
+    "goodput_slos",
+    multiple=True,
+    metavar="KEY:MS ...",
+    help="Goodput SLOs the vllm bench serve way: --goodput ttft:500 tpot:50 (keys ttft, tpot, "
+    "e2el; milliseconds); the same as --slo-ttft-ms/--slo-tpot-ms/--slo-e2e-ms.",
+)
+@click.option(
+    "--metric-percentiles",
+    default=",".join(f"{p:g}" for p in DEFAULT_METRIC_PERCENTILES),
+    show_default=True,
+    help="Percentiles bench_result.json carries for TTFT, TPOT, ITL and E2EL (p50_ttft_ms, ...).",
+)
+@click.option(
     "--error-budget",
     type=float,
     help="Stop early when failed requests reach this count (>=1) or fraction (<1).",
@@ -187,8 +257,8 @@ def load(
     duration: float | None,
     n_requests: int | None,
     seed: int,
-    arrival: str,
-    burstiness: float,
+    arrival: str | None,
+    burstiness: float | None,
     ramp: float | None,
     ramp_from: float,
     stall_after: float | None,
@@ -204,6 +274,8 @@ def load(
     slo_ttft_ms: float | None,
     slo_tpot_ms: float | None,
     slo_e2e_ms: float | None,
+    goodput_slos: tuple[str, ...],
+    metric_percentiles: str,
     error_budget: float | None,
     window: float | None,
     sse_mode: str,
@@ -235,8 +307,29 @@ def load(
     """
     if (url is None) == (run_id is None):
         raise BadInput("give exactly one of --url URL and --run RUN_ID")
+    # Everything is checked before anything is created: bad flags leave no run directory.
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise BadInput(f"--url {url!r} must start with http:// or https://")
+    if rate is not None and math.isinf(rate) and rate > 0:
+        # vllm bench serve's --request-rate inf: no schedule, as fast as the cap allows.
+        rate = None
+        if concurrency is None:
+            if n_requests is None:
+                raise BadInput(
+                    "--request-rate inf (as fast as possible) needs --max-concurrency C, "
+                    "or --num-prompts N to send all N at once"
+                )
+            concurrency = n_requests
+    arrival, burstiness = _arrival(arrival, burstiness)
+    slo = _slo(goodput_slos, slo_ttft_ms, slo_tpot_ms, slo_e2e_ms)
+    try:
+        percentiles = parse_metric_percentiles(metric_percentiles)
+    except ValueError as exc:
+        raise BadInput(f"--metric-percentiles {metric_percentiles!r}: {exc}") from None
+    wl, wl_path = load_workload(workload)
     root = runs_root(runs_dir)
     spec: LaunchSpec | None = None
+    run: RunDir | None = None
     if run_id is not None:
         run = open_run(root, run_id)
         if not run.launch_spec.exists():
@@ -245,12 +338,8 @@ def load(
         base_url = spec.base_url
     else:
         assert url is not None
-        if not url.startswith(("http://", "https://")):
-            raise BadInput(f"--url {url!r} must start with http:// or https://")
         base_url = url
-        run = RunDir(root / new_run_id("load")).create()
 
-    wl, wl_path = load_workload(workload)
     caps = [c for c in (max_image_pixels, spec.load.max_image_pixels if spec else None) if c]
     config = LoadConfig(
         workload_name=workload,
@@ -274,15 +363,18 @@ def load(
         api=api,  # type: ignore[arg-type]
         model=model or (spec.served_model_name if spec else None),
         tokenizer=tokenizer or (spec.model if spec and Path(spec.model).is_dir() else None),
-        slo=Slo(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2e_ms=slo_e2e_ms),
+        slo=slo,
         error_budget=error_budget,
         window_s=window,
         sse_mode=sse_mode,  # type: ignore[arg-type]
         http=http,  # type: ignore[arg-type]
         keep_itl=not no_itl,
         requested_run=run_id,
+        metric_percentiles=percentiles,
     )
     config.validate()
+    if run is None:
+        run = RunDir(root / new_run_id("load")).create()
     click.echo(f"run {run.run_id}: {run.path}", err=True)
     runner = LoadRunner(
         config,
@@ -292,6 +384,9 @@ def load(
         workload_path=wl_path,
     )
     summary = _run(runner)
+    if summary is None:  # a second Ctrl-C cancelled the run; summary.json is still written
+        click.echo(f"interrupted; records: {run.requests}", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
     for note in summary.get("notes", []):
         click.echo(f"note: {note}", err=True)
     if as_json:
@@ -299,6 +394,8 @@ def load(
     else:
         _print_summary(summary, run)
     reason = str(summary["run"]["stop_reason"])
+    if reason == "interrupted":
+        raise SystemExit(EXIT_INTERRUPTED)
     if reason.startswith("error budget"):
         raise CheckFailed(f"{reason}; see {run.requests}")
     if fail_on_stall and summary["requests"]["stalled"]:
@@ -307,8 +404,55 @@ def load(
         )
 
 
-def _run(runner: LoadRunner) -> Summary:
-    async def main() -> Summary:
+def _arrival(arrival: str | None, burstiness: float | None) -> tuple[str, float]:
+    """``--arrival`` and ``--burstiness`` as vllm bench serve reads them: a burstiness other
+    than 1 alone means gamma arrivals."""
+    if burstiness is not None and not burstiness > 0:
+        raise BadInput("--burstiness must be positive (the gamma shape: 1 = Poisson)")
+    if arrival is None:
+        arrival = "gamma" if burstiness is not None and burstiness != 1.0 else "poisson"
+    elif arrival != "gamma" and burstiness is not None and burstiness != 1.0:
+        raise BadInput(
+            f"--burstiness {burstiness:g} is the gamma shape; it does not apply to "
+            f"--arrival {arrival}",
+            hint="use --arrival gamma, or leave --arrival out",
+        )
+    return arrival, burstiness if burstiness is not None else 1.0
+
+
+def _slo(
+    goodput_slos: tuple[str, ...],
+    ttft_ms: float | None,
+    tpot_ms: float | None,
+    e2e_ms: float | None,
+) -> Slo:
+    """The goodput SLOs from --goodput (vLLM's names) and the --slo-*-ms options."""
+    try:
+        pairs = parse_goodput(goodput_slos)
+    except ValueError as exc:
+        raise BadInput(f"--goodput: {exc}") from None
+    values: dict[str, float | None] = {"ttft": ttft_ms, "tpot": tpot_ms, "e2el": e2e_ms}
+    for name, value in pairs.items():
+        if values[name] is not None and values[name] != value:
+            option = {"ttft": "--slo-ttft-ms", "tpot": "--slo-tpot-ms", "e2el": "--slo-e2e-ms"}
+            raise BadInput(
+                f"--goodput {name}:{value:g} contradicts {option[name]} {values[name]:g}"
+            )
+        values[name] = value
+    for name, limit in values.items():
+        if limit is not None and not limit >= 0:
+            raise BadInput(f"the {name} SLO must be a non-negative number of milliseconds")
+    return Slo(ttft_ms=values["ttft"], tpot_ms=values["tpot"], e2e_ms=values["e2el"])
+
+
+#: The exit code after Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+EXIT_INTERRUPTED = 130
+
+
+def _run(runner: LoadRunner) -> Summary | None:
+    """Run the load; None when a second Ctrl-C (or SIGTERM) cancelled it outright."""
+
+    async def main() -> Summary | None:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
 
@@ -322,29 +466,66 @@ def _run(runner: LoadRunner) -> Summary:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, interrupt)
-        return await runner.run()
+        try:
+            return await runner.run()
+        except asyncio.CancelledError:
+            return None
 
     with asyncio.Runner(loop_factory=event_loop_factory()) as r:
         return r.run(main())
 
 
+def _stdout_console() -> Console:
+    """Rich console on stdout; output that is not a terminal (a pipe, a log file) is never
+    wrapped, so paths and numbers stay on one line."""
+    console = Console(file=sys.stdout)
+    if not console.is_terminal:
+        console = Console(file=sys.stdout, soft_wrap=True)
+    return console
+
+
+def rate_line(summary: Summary) -> str:
+    """The rate part of the final summary: the loop, requested vs achieved, the cap."""
+    rate = summary["rate"]
+    run = summary["run"]
+    if run.get("mode") == "closed" or rate.get("requested") is None:
+        return f"closed loop, concurrency {run.get('concurrency')}"
+    line = f"rate requested {rate['requested']:g}/s, achieved " + (
+        f"{rate['achieved']:g}/s" if rate.get("achieved") is not None else "-"
+    )
+    expected = rate.get("expected_sent_range")
+    if expected and run.get("duration_s"):
+        line += (
+            f" ({summary['requests']['sent']} sent in {run['duration_s']:g} s, "
+            f"expected {expected[0]}-{expected[1]})"
+            if expected[0] != expected[1]
+            else f" ({summary['requests']['sent']} sent in {run['duration_s']:g} s)"
+        )
+    capped = rate.get("capped_by_concurrency")
+    if capped:
+        line += (
+            f"; capped by --concurrency {capped['concurrency']} "
+            f"({capped['waited']} sends waited for a slot)"
+        )
+    return line
+
+
 def _print_summary(summary: Summary, run: RunDir) -> None:
-    from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console(file=sys.stdout)
+    console = _stdout_console()
     req = summary["requests"]
     thr = summary["throughput"]
-    rate = summary["rate"]
     console.print(
         f"[bold]{req['completed']}[/] ok, [bold]{req['failed']}[/] failed, "
         f"[bold {'red' if req['stalled'] else ''}]{req['stalled']}[/] stalled, "
         f"{req['aborted']} aborted in {summary['run']['elapsed_s']} s "
-        f"({summary['run']['stop_reason']})"
+        f"({escape(str(summary['run']['stop_reason']))})"
     )
     console.print(
         f"throughput {thr['requests_per_s']} req/s, {thr['output_tokens_per_s']} output tok/s; "
-        f"rate requested {rate['requested']}, achieved {rate['achieved']}"
+        + escape(rate_line(summary))
     )
     table = Table("ms", "mean", "p50", "p90", "p99", "p99.9")
     for name, row in summary["latency_ms"].items():
@@ -354,12 +535,18 @@ def _print_summary(summary: Summary, run: RunDir) -> None:
         g = summary["goodput"]
         console.print(f"goodput {g['requests_per_s']} req/s ({g['fraction']} of finished)")
     if summary.get("errors"):
-        console.print("errors: " + ", ".join(f"{k} x{v}" for k, v in summary["errors"].items()))
-    console.print(f"records: {run.requests}\nsummary: {run.summary}")
+        console.print(
+            "errors: " + escape(", ".join(f"{k} x{v}" for k, v in summary["errors"].items()))
+        )
+    console.print(
+        f"records: {escape(str(run.requests))}\nsummary: {escape(str(run.summary))}\n"
+        f"vllm bench serve result: {escape(str(run.path / BENCH_RESULT_FILE))}",
+        highlight=False,
+    )
 
 
 def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-__all__ = ["available_workloads", "load", "parse_duration"]
+__all__ = ["available_workloads", "join_goodput_values", "load", "parse_duration", "rate_line"]

@@ -58,6 +58,27 @@ class Arrivals:
         """``Λ(duration)``: how many requests the schedule asks for in ``duration_s``."""
         return self._cumulative(duration_s)
 
+    def count_range(self, duration_s: float, level: float = 0.95) -> tuple[int, int]:
+        """The central ``level`` range of the number of requests the schedule sends in
+        ``duration_s`` over all seeds: ``(low, high)`` with ``P(count < low)`` and
+        ``P(count > high)`` each at most ``(1 - level) / 2``.
+
+        Poisson (and a Poisson ramp): the count is Poisson(Λ(duration)), exact quantiles.
+        Gamma gaps of shape k: the count of a renewal process, about normal with variance
+        Λ/k. Constant: ``ceil(Λ)`` exactly.
+        """
+        mean = self.expected_count(duration_s)
+        if self.kind == "constant":
+            n = math.ceil(mean - 1e-9)
+            return n, n
+        tail = (1.0 - level) / 2.0
+        if self.kind == "poisson" and mean <= 50_000:
+            return _poisson_quantile(mean, tail), _poisson_quantile(mean, 1.0 - tail)
+        variance = mean / (self.burstiness if self.kind == "gamma" else 1.0)
+        z = _normal_quantile(1.0 - tail)
+        half = z * math.sqrt(variance)
+        return max(0, math.floor(mean - half)), math.ceil(mean + half)
+
     def _cumulative(self, t: float) -> float:
         if self.ramp_from is None or self.ramp_s <= 0:
             return self.rate * t
@@ -103,6 +124,32 @@ class Arrivals:
                         continue
                 s += float(gap)
                 yield self._inverse(s)
+
+
+def _poisson_quantile(mean: float, q: float) -> int:
+    """The smallest k with P(X <= k) >= q for X ~ Poisson(mean)."""
+    if mean <= 0:
+        return 0
+    log_pmf = -mean  # log P(X = 0)
+    cdf = math.exp(log_pmf)
+    k = 0
+    while cdf < q:
+        k += 1
+        log_pmf += math.log(mean) - math.log(k)
+        cdf += math.exp(log_pmf)
+    return k
+
+
+def _normal_quantile(p: float) -> float:
+    """The standard normal quantile (bisection on erf; exact enough for a range)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
 
 
 def schedule(

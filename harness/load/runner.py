@@ -31,7 +31,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -42,9 +42,12 @@ from harness.errors import BadInput, EnvironmentProblem
 from harness.load.arrivals import ArrivalKind, Arrivals
 from harness.load.client import InFlight, make_client, send_request
 from harness.load.factory import Overrides, PlannedRequest, RequestFactory
+from harness.load.inflight import InflightPublisher
+from harness.load.results import write_result_files
 from harness.load.sse import SSEMode
 from harness.load.tokenizer import PromptTokenizer, load_tokenizer, model_dir_from_models_listing
 from harness.load.workload import Workload, load_workload, read_prompt_file
+from harness.report.exports import DEFAULT_METRIC_PERCENTILES
 from harness.report.stats import Distribution, Slo, WindowSeries, auto_window_s, goodput
 
 Record = dict[str, Any]
@@ -91,6 +94,10 @@ class LoadConfig:
     # Number of the first request: a resumed or restarted campaign continues the same seeded
     # sequence (request i is always the same prompt) without reusing an index already recorded.
     first_index: int = 0
+    # Percentiles bench_result.json carries (``vllm bench serve --metric-percentiles``).
+    metric_percentiles: tuple[float, ...] = DEFAULT_METRIC_PERCENTILES
+    # Publish the requests in flight to out_dir/inflight.json for the watchdog.
+    publish_inflight: bool = True
 
     def validate(self) -> None:
         """Raise :class:`BadInput` for contradictory or out-of-range settings."""
@@ -114,6 +121,8 @@ class LoadConfig:
             raise BadInput("--error-budget must be positive (a count, or a fraction below 1)")
         if self.first_index < 0:
             raise BadInput("the first request index must not be negative")
+        if not self.metric_percentiles or not all(0 <= p <= 100 for p in self.metric_percentiles):
+            raise BadInput("--metric-percentiles must be numbers from 0 to 100, e.g. 50,90,99")
 
 
 class _Stats:
@@ -190,6 +199,10 @@ class LoadRunner:
         self._tokenizer = tokenizer
         self._workload_path = workload_path
         self._inflight: dict[int, InFlight] = {}
+        self._inflight_version = 0  # changes whenever a request starts or ends
+        self._publisher: InflightPublisher | None = None
+        self._cap_waits = 0  # open-loop sends that waited for a --concurrency slot
+        self._records_offset = 0
         self._stop: asyncio.Event | None = None  # created inside the running loop
         self._claimed = 0
         self._hard_stop = False
@@ -229,7 +242,9 @@ class LoadRunner:
         self._stop = asyncio.Event()
         cfg = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        max_conn = cfg.concurrency if cfg.rate is None else None
+        # At most --concurrency requests are ever in flight (closed loop, or open loop capped):
+        # the pool holds that many connections, kept alive (also for https://).
+        max_conn = cfg.concurrency
         client = make_client(
             self.base_url,
             stall_after_s=cfg.stall_after_s,
@@ -241,7 +256,15 @@ class LoadRunner:
             assert self.factory is not None
             window = cfg.window_s or auto_window_s(cfg.duration_s)
             self.stats = _Stats(window, cfg.slo)
-            self._fh = (self.out_dir / "requests.jsonl").open("a", encoding="utf-8")
+            records = self.out_dir / "requests.jsonl"
+            self._fh = records.open("a", encoding="utf-8")
+            # This run's records start here (a run directory may hold earlier loads' records).
+            self._records_offset = self._fh.tell()
+            if cfg.publish_inflight:
+                self._publisher = InflightPublisher(
+                    self.out_dir, lambda: self._inflight, lambda: self._inflight_version
+                )
+                self._publisher.start()
             display = _Progress(self) if self.progress else None
             if display is not None:
                 display.start()
@@ -267,9 +290,12 @@ class LoadRunner:
                     timer.cancel()
                 if display is not None:
                     display.stop()
+                if self._publisher is not None:
+                    await self._publisher.close()
                 summary = self._summary()
                 self._write_summary(summary)
                 self._fh.close()
+                self._write_result_files(summary, records)
             return summary
         finally:
             await client.aclose()
@@ -383,6 +409,8 @@ class LoadRunner:
                     if self._stop.is_set():
                         break
                 if sem is not None:
+                    if sem.locked():
+                        self._cap_waits += 1
                     await sem.acquire()
                     if self._stop.is_set():
                         sem.release()
@@ -434,6 +462,7 @@ class LoadRunner:
         now = time.perf_counter()
         flight = InFlight(planned=planned, scheduled_s=due, sent_at=time.time(), sent_perf=now)
         self._inflight[planned.index] = flight
+        self._inflight_version += 1
         self._sent += 1
         rel = now - self._start_perf
         if self._first_send is None:
@@ -480,6 +509,9 @@ class LoadRunner:
 
     def _finish(self, flight: InFlight, rec: Record) -> None:
         self._inflight.pop(flight.planned.index, None)
+        self._inflight_version += 1
+        if rec["status"] == "stalled" and self._publisher is not None:
+            self._publisher.stalled(flight)
         assert self.stats is not None and self._fh is not None
         finished_s = time.perf_counter() - self._start_perf
         rec["sent_s"] = round(flight.sent_perf - self._start_perf, 6)
@@ -547,6 +579,24 @@ class LoadRunner:
             achieved = completed / elapsed if elapsed > 0 else None
         rps = completed / elapsed if elapsed > 0 else None
         tps = stats.output_tokens / elapsed if elapsed > 0 else None
+        expected = self._expected_sent()
+        capped = self._capped()
+        notes = list(self.notes)
+        # When the cap held the sends back, the cap (noted below) explains the count.
+        note = (
+            _expected_note(cfg, expected, n_sent)
+            if expected is not None and capped is None
+            else None
+        )
+        if note is not None:
+            notes.append(note)
+        if capped is not None:
+            notes.append(
+                f"--concurrency {cfg.concurrency} capped the rate: {capped['waited']} of "
+                f"{n_sent} sends waited for a free slot (send lag p50 "
+                f"{_fmt_ms(stats.send_lag.quantile(50))}); achieved {_r(achieved)}/s of the "
+                f"{cfg.rate:g}/s requested"
+            )
         out: Summary = {
             "requests": {
                 "completed": completed,
@@ -568,6 +618,9 @@ class LoadRunner:
                 if achieved is not None and cfg.rate
                 else None,
                 "send_lag_ms": stats.send_lag.summary() if cfg.rate is not None else None,
+                "expected_sent": expected["mean"] if expected else None,
+                "expected_sent_range": [expected["low"], expected["high"]] if expected else None,
+                "capped_by_concurrency": capped,
             },
             "latency_ms": {
                 "ttft": stats.ttft.summary(),
@@ -601,6 +654,8 @@ class LoadRunner:
                 "max_image_pixels": self.factory.max_image_pixels if self.factory else None,
                 "tokenizer": self._tokenizer.name if self._tokenizer else None,
                 "tokenizer_exact": self._tokenizer.exact if self._tokenizer else None,
+                "api": self.factory.api if self.factory else cfg.api,
+                "metric_percentiles": list(cfg.metric_percentiles),
                 "http": cfg.http,
                 "sse": cfg.sse_mode,
                 "started_at": round(self._start_wall, 3),
@@ -608,15 +663,82 @@ class LoadRunner:
                 "stop_reason": self._stop_reason or "done",
                 "pid": os.getpid(),
             },
-            "notes": self.notes,
+            "notes": notes,
         }
         return out
+
+    def _expected_sent(self) -> dict[str, Any] | None:
+        """How many requests an open-loop schedule sends over the run's duration, on average and
+        for 95 % of seeds; None unless the run sent for its whole ``--duration``."""
+        cfg = self.config
+        if cfg.rate is None or cfg.duration_s is None or self._stop_reason != "duration reached":
+            return None
+        arrivals = Arrivals(
+            rate=cfg.rate,
+            kind=cfg.arrival,
+            burstiness=cfg.burstiness,
+            ramp_from=cfg.ramp_from,
+            ramp_s=cfg.ramp_s,
+            seed=cfg.seed,
+        )
+        mean = arrivals.expected_count(cfg.duration_s)
+        low, high = arrivals.count_range(cfg.duration_s)
+        return {"mean": round(mean, 3), "low": low, "high": high}
+
+    def _capped(self) -> dict[str, Any] | None:
+        """The open-loop rate was held back by --concurrency: sends waited for a free slot."""
+        cfg = self.config
+        if cfg.rate is None or cfg.concurrency is None or not self._cap_waits:
+            return None
+        return {"concurrency": cfg.concurrency, "waited": self._cap_waits}
+
+    def _write_result_files(self, summary: Summary, records: Path) -> None:
+        try:
+            write_result_files(self.out_dir, summary, records, records_offset=self._records_offset)
+        except (OSError, ValueError) as exc:
+            # summary.json is already written; say what is missing instead of losing the run.
+            summary["notes"].append(
+                f"bench_result.json / requests.csv not written: {type(exc).__name__}: {exc}"
+            )
+            self._write_summary(summary)
 
     def _write_summary(self, summary: Summary) -> None:
         path = self.out_dir / "summary.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
         os.replace(tmp, path)
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
+
+
+def _expected_note(cfg: LoadConfig, expected: Mapping[str, Any], sent: int) -> str | None:
+    """A note on the realised vs requested rate of a short or unlucky open-loop schedule
+    (None for a run long enough that the count is close to its expectation)."""
+    duration = cfg.duration_s or 0.0
+    kind = {"poisson": "Poisson", "gamma": "gamma", "constant": "constant"}[cfg.arrival]
+    what = (
+        f"{kind} arrivals at {cfg.rate:g}/s"
+        + (f" (ramp from {cfg.ramp_from:g}/s over {cfg.ramp_s:g} s)" if cfg.ramp_s else "")
+        + f" over {duration:g} s send {expected['mean']:g} requests on average"
+    )
+    low, high = expected["low"], expected["high"]
+    if cfg.arrival != "constant":
+        what += f" (95 % of seeds: {low} to {high})"
+    if not low <= sent <= high:
+        return (
+            f"{what}; this run sent {sent} (seed {cfg.seed} drew an unusual schedule, "
+            f"realised {sent / duration:.3g}/s): a longer --duration or several --seed values "
+            "give a rate closer to the one requested"
+        )
+    spread = (high - low) / 2 / expected["mean"] if expected["mean"] else 0.0
+    if cfg.arrival != "constant" and spread > 0.1:
+        return (
+            f"short run: {what}; this run sent {sent}. The realised rate of so short a run "
+            f"varies by about ±{spread:.0%} from seed to seed"
+        )
+    return None
 
 
 def _r(value: float | None, digits: int = 3) -> float | None:

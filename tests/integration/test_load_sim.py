@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import os
 import signal
@@ -12,10 +13,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from harness.load.factory import Overrides, RequestFactory
+from harness.load.inflight import read_inflight
 from harness.load.runner import LoadConfig, LoadRunner
+from harness.load.tokenizer import WordTokenizer
+from harness.load.workload import load_workload
 from harness.spec import LaunchSpec, LoadLimits
 from tests.conftest import have_module, require
 from tests.integration.test_sim_server import sim
@@ -237,7 +241,14 @@ def test_bad_input_and_unreachable_server(runs_dir: Path, tmp_path: Path) -> Non
     assert res.returncode == 3 and "cannot reach" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_ctrl_c_keeps_every_record_and_writes_the_summary(runs_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT, signal.SIGINT]]
+)
+def test_ctrl_c_keeps_every_record_and_writes_the_summary(
+    runs_dir: Path, signals: list[signal.Signals]
+) -> None:
+    """Ctrl-C (once or twice) or SIGTERM: every record kept, summary.json and the result files
+    written, exit 130 (docs/load.md)."""
     with sim("--ttft-ms", "1", "--itl-ms", "20") as (url, _):
         proc = subprocess.Popen(
             [
@@ -261,12 +272,19 @@ def test_ctrl_c_keeps_every_record_and_writes_the_summary(runs_dir: Path) -> Non
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 60
-        while not list(runs_dir.glob("*/requests.jsonl")) or not records(only_run(runs_dir)):
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.2)
-        os.kill(proc.pid, signal.SIGINT)
-        proc.communicate(timeout=60)
+        try:
+            deadline = time.monotonic() + 60
+            while not list(runs_dir.glob("*/requests.jsonl")) or not records(only_run(runs_dir)):
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+            for sig in signals:
+                os.kill(proc.pid, sig)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
     run = only_run(runs_dir)
     summary = json.loads((run / "summary.json").read_text())
     recs = records(run)
@@ -274,6 +292,9 @@ def test_ctrl_c_keeps_every_record_and_writes_the_summary(runs_dir: Path) -> Non
     assert summary["requests"]["sent"] == len(recs)
     assert {r["status"] for r in recs} <= {"ok", "aborted"}
     assert summary["requests"]["aborted"] >= 1
+    bench = json.loads((run / "bench_result.json").read_text())
+    assert bench["completed"] + bench["failed"] == len(recs)
+    assert not (run / "inflight.json").exists()
 
 
 def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
@@ -290,16 +311,33 @@ def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
         while len(runner.inflight()) < 3 or any(f["tokens_so_far"] < 2 for f in runner.inflight()):
             await asyncio.sleep(0.05)
         inflight = runner.inflight()
-        assert {f["index"] for f in inflight} == {0, 1, 2}
-        assert all(f["body"]["messages"] and f["path"] == "/v1/chat/completions" for f in inflight)
-        assert all(f["last_token_at"] is not None for f in inflight)
+        # What the watchdog reads: the same requests, published to inflight.json.
+        published: list[dict[str, Any]] = []
+        while {p["index"] for p in published if p["tokens_so_far"] >= 2} != {0, 1, 2}:
+            await asyncio.sleep(0.05)
+            published = read_inflight(tmp_path)
         runner.stop("test", hard=True)
-        return await task
+        return inflight, published, await task
 
     with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
-        summary = asyncio.run(asyncio.wait_for(main(url), 120))
+        inflight, published, summary = asyncio.run(asyncio.wait_for(main(url), 120))
+    assert {f["index"] for f in inflight} == {0, 1, 2}
+    assert all(f["last_token_at"] is not None for f in inflight)
+    # The payloads are the exact requests sent: request i of the seed, rebuilt independently.
+    factory = RequestFactory(
+        load_workload("chat-short")[0],
+        model="sim-model",
+        seed=0,
+        tokenizer=WordTokenizer(),
+        overrides=Overrides(max_tokens=10),
+    )
+    for items in (inflight, published):
+        assert {f["index"] for f in items} == {0, 1, 2}
+        for f in items:
+            assert f["body"] == factory.build(f["index"]).body
+            assert f["path"] == "/v1/chat/completions" and f["tokens_so_far"] >= 2
     assert summary["requests"]["aborted"] == 3
-    assert httpx.URL(url).port  # the server stayed up
+    assert not (tmp_path / "inflight.json").exists()  # removed at the end of the run
 
 
 def test_stall_callback(tmp_path: Path) -> None:
@@ -365,3 +403,103 @@ def test_lean_shortcut_sends_and_reads_what_httpx_does() -> None:
         assert (lean_id is None) == (ref_id is None)
     assert results[0][2].endswith(b"data: [DONE]\n\n") and b'"completion_tokens":4' in results[0][2]
     assert b'"completion_tokens":3' in results[1][2]
+
+
+def test_vllm_bench_serve_option_names_and_result_files(runs_dir: Path) -> None:
+    """vllm bench serve's names as aliases; bench_result.json and requests.csv next to
+    summary.json, with vLLM's keys for what was asked."""
+    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+        res = harness_load(
+            runs_dir,
+            "--base-url",
+            url,
+            "--request-rate",
+            "inf",
+            "--max-concurrency",
+            "4",
+            "--num-prompts",
+            "24",
+            "--max-tokens",
+            "6",
+            "--goodput",
+            "ttft:5000",
+            "tpot:1000",
+            "--metric-percentiles",
+            "50,90,99.9",
+        )
+    assert res.returncode == 0, res.stderr
+    run = only_run(runs_dir)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["run"]["mode"] == "closed" and summary["run"]["concurrency"] == 4
+    assert summary["requests"]["sent"] == 24
+    assert summary["goodput"]["slo"] == {"ttft_ms": 5000.0, "tpot_ms": 1000.0, "e2e_ms": None}
+    bench = json.loads((run / "bench_result.json").read_text())
+    assert (bench["request_rate"], bench["max_concurrency"], bench["num_prompts"]) == ("inf", 4, 24)
+    assert bench["backend"] == "openai-chat" and bench["completed"] == 24
+    assert bench["request_goodput"] == pytest.approx(summary["goodput"]["requests_per_s"], rel=0.01)
+    assert {"p50_ttft_ms", "p90_tpot_ms", "p99.9_itl_ms", "p90_e2el_ms"} <= set(bench)
+    assert "p99_ttft_ms" not in bench
+    assert [len(bench[k]) for k in ("input_lens", "ttfts", "itls", "errors")] == [24] * 4
+    assert all(len(itl) == 5 for itl in bench["itls"])
+    with open(run / "requests.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(int(r["index"]) for r in rows) == list(range(24))
+    assert {r["status"] for r in rows} == {"ok"} and {r["output_tokens"] for r in rows} == {"6"}
+    # --request-rate inf without a cap: all --num-prompts at once, as vllm bench serve does.
+    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+        res = harness_load(runs_dir, "--url", url, "--request-rate", "inf", "-n", "5")
+    assert res.returncode == 0, res.stderr
+    (second,) = [p for p in runs_dir.iterdir() if p != run]
+    assert json.loads((second / "summary.json").read_text())["run"]["concurrency"] == 5
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--metric-percentiles", "50,abc"], "--metric-percentiles"),
+        (["--goodput", "itl:5"], "--goodput"),
+        (["--goodput", "ttft:5", "--slo-ttft-ms", "6"], "contradicts"),
+        (["--rate", "0"], "--rate must be positive"),
+        (["-c", "0"], "--concurrency must be at least 1"),
+        (["--rate", "2", "--arrival", "poisson", "--burstiness", "0.5"], "gamma"),
+        (["--request-rate", "inf", "--duration", "5"], "--max-concurrency"),
+        (["--url", "127.0.0.1:8000"], "must start with http"),
+    ],
+)
+def test_bad_flags_leave_no_run_directory(runs_dir: Path, args: list[str], message: str) -> None:
+    base = [] if "--duration" in args else ["-n", "1"]
+    base += [] if "--url" in args else ["--url", "http://127.0.0.1:9"]
+    if not any(a in args for a in ("--rate", "--request-rate", "-c")):
+        base += ["-c", "1"]
+    res = harness_load(runs_dir, *base, *args)
+    assert res.returncode == 2, res.stderr
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert list(runs_dir.iterdir()) == []
+
+
+def test_output_that_is_not_a_terminal_is_never_wrapped(tmp_path: Path) -> None:
+    runs = tmp_path / ("a-long-directory-name-" * 4) / "runs"  # paths well past 80 columns
+    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+        res = harness_load(runs, "--url", url, "-c", "2", "-n", "4", "--max-tokens", "3")
+    assert res.returncode == 0, res.stderr
+    run = only_run(runs)
+    lines = res.stdout.splitlines()
+    assert f"records: {run / 'requests.jsonl'}" in lines
+    assert f"summary: {run / 'summary.json'}" in lines
+    (rate_line,) = [line for line in lines if line.startswith("throughput")]
+    assert rate_line.endswith("; closed loop, concurrency 2") and "None" not in res.stdout
+
+
+def test_a_concurrency_cap_that_holds_the_rate_back_is_reported(runs_dir: Path) -> None:
+    # Each request takes about 0.5 s; one at a time cannot reach 20/s.
+    with sim("--ttft-ms", "1", "--itl-ms", "25") as (url, _):
+        res = harness_load(
+            runs_dir, "--url", url, "--rate", "20", "-c", "1", "-n", "6", "--max-tokens", "20"
+        )
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((only_run(runs_dir) / "summary.json").read_text())
+    capped = summary["rate"]["capped_by_concurrency"]
+    assert capped["concurrency"] == 1 and capped["waited"] >= 4
+    assert any("--concurrency 1 capped the rate" in n for n in summary["notes"])
+    assert "capped by --concurrency 1" in res.stdout
+    assert summary["rate"]["achieved"] < 5

@@ -50,3 +50,44 @@ def test_validation() -> None:
         Arrivals(rate=0.0)
     with pytest.raises(ValueError):
         Arrivals(rate=1.0, kind="gamma", burstiness=0.0)
+
+
+def test_poisson_counts_over_seeds_are_poisson() -> None:
+    """Issue 14: seed 0 sends 73 requests in 10 s at 5/s. The generator is right: over 2,000
+    seeds the count has the Poisson mean and variance (50), and 73 is a 1-in-1,000 draw."""
+    counts = np.array(
+        [len(schedule(Arrivals(rate=5.0, seed=s), duration_s=10.0)) for s in range(2000)]
+    )
+    assert counts.mean() == pytest.approx(50.0, abs=0.5)
+    assert counts.var() == pytest.approx(50.0, rel=0.1)
+    assert len(schedule(Arrivals(rate=5.0, seed=0), duration_s=10.0)) == 73
+    assert (counts >= 73).mean() < 0.005
+    low, high = Arrivals(rate=5.0).count_range(10.0)
+    assert (low, high) == (37, 64)
+    inside = ((counts >= low) & (counts <= high)).mean()
+    assert inside == pytest.approx(0.95, abs=0.015)
+
+
+@pytest.mark.parametrize(
+    "arrivals",
+    [
+        Arrivals(rate=20.0, kind="gamma", burstiness=0.5),
+        Arrivals(rate=20.0, kind="gamma", burstiness=4.0),
+        Arrivals(rate=20.0, ramp_from=2.0, ramp_s=5.0),
+    ],
+)
+def test_count_range_covers_95_percent_of_seeds(arrivals: Arrivals) -> None:
+    from dataclasses import replace
+
+    counts = np.array(
+        [len(schedule(replace(arrivals, seed=s), duration_s=10.0)) for s in range(1000)]
+    )
+    assert counts.mean() == pytest.approx(arrivals.expected_count(10.0), rel=0.03)
+    low, high = arrivals.count_range(10.0)
+    assert ((counts >= low) & (counts <= high)).mean() == pytest.approx(0.95, abs=0.03)
+
+
+def test_constant_count_is_exact() -> None:
+    arr = Arrivals(rate=4.0, kind="constant")
+    assert arr.count_range(2.0) == (8, 8) == (len(schedule(arr, duration_s=2.0)),) * 2
+    assert Arrivals(rate=3.0, kind="constant").count_range(1.1) == (4, 4)

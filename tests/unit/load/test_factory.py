@@ -10,11 +10,14 @@ from harness.load.factory import COMPLETIONS_PATH, Overrides, RequestFactory
 from harness.load.images import cap_size, make_image
 from harness.load.tokenizer import WORDS, HFTokenizer, WordTokenizer, load_tokenizer
 from harness.load.workload import load_workload, parse_workload
+from tests.conftest import have_module, require
 
 
 @pytest.fixture(scope="module")
 def bpe() -> HFTokenizer:
-    tokenizers = pytest.importorskip("tokenizers")
+    # tokenizers comes with the [tiny] extra (and vLLM): a missing one fails under CI=true.
+    require(have_module("tokenizers"), "tokenizers (pip install 'harness[tiny]')")
+    import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     tok = tokenizers.Tokenizer(models.BPE())
