@@ -108,6 +108,14 @@ def test_exact_prompt_lengths_and_fixed_outputs(vllm_url: str, runs_dir: Path) -
     assert all(r["prompt_tokens_planned"] == 40 for r in recs)
     assert all(r["request_id"].startswith("cmpl-") for r in recs)
     assert summary["latency_ms"]["tpot"]["mean"] > 0
+    # vllm bench serve's result file, from the real server's stream.
+    (run,) = [p for p in runs_dir.iterdir() if p.is_dir()]
+    bench = json.loads((run / "bench_result.json").read_text())
+    assert (bench["completed"], bench["failed"], bench["total_output_tokens"]) == (16, 0, 128)
+    assert bench["backend"] == "openai" and bench["max_concurrency"] == 4
+    assert sorted(bench["input_lens"]) == sorted(r["prompt_tokens"] for r in recs)
+    assert all(len(itl) == 7 for itl in bench["itls"]) and bench["mean_tpot_ms"] > 0
+    assert bench["p99_ttft_ms"] >= bench["median_ttft_ms"] > 0
 
 
 def test_vlm_requests_to_a_text_model_fail_cleanly(vllm_url: str, runs_dir: Path) -> None:
