@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 
 from harness.cli.options import runs_dir_option
-from harness.errors import BadInput, CheckFailed
+from harness.errors import BadInput, CheckFailed, HarnessError
 from harness.load.arrivals import ARRIVAL_KINDS
 from harness.load.results import BENCH_RESULT_FILE
 from harness.load.runner import LoadConfig, LoadRunner, Summary
@@ -373,6 +373,7 @@ def load(
         metric_percentiles=percentiles,
     )
     config.validate()
+    created = run is None
     if run is None:
         run = RunDir(root / new_run_id("load")).create()
     click.echo(f"run {run.run_id}: {run.path}", err=True)
@@ -383,7 +384,13 @@ def load(
         progress=not no_progress,
         workload_path=wl_path,
     )
-    summary = _run(runner)
+    try:
+        summary = _run(runner)
+    except HarnessError:
+        if created:  # the server could not be reached: leave no empty run directory behind
+            with contextlib.suppress(OSError):
+                run.path.rmdir()
+        raise
     if summary is None:  # a second Ctrl-C cancelled the run; summary.json is still written
         click.echo(f"interrupted; records: {run.requests}", err=True)
         raise SystemExit(EXIT_INTERRUPTED)

@@ -239,6 +239,7 @@ def test_bad_input_and_unreachable_server(runs_dir: Path, tmp_path: Path) -> Non
     assert res.returncode == 2 and "--url" in res.stderr
     res = harness_load(runs_dir, "--url", "http://127.0.0.1:9", "-c", "1", "-n", "1")
     assert res.returncode == 3 and "cannot reach" in res.stderr and "Traceback" not in res.stderr
+    assert list(runs_dir.iterdir()) == []  # nothing recorded, nothing left behind
 
 
 @pytest.mark.parametrize(
