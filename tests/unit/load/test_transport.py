@@ -15,6 +15,7 @@ import h11
 import pytest
 
 from harness.load.transport import LeanClient, LeanTransport, MalformedResponse, _Conn
+from tests.conftest import have_module, require
 
 
 @dataclass
@@ -294,16 +295,21 @@ def test_bytes_after_a_complete_response_end_keep_alive() -> None:
     assert conn.state == 6 and not conn.keep_alive
 
 
-def test_every_transport_asks_for_an_identity_encoding() -> None:
+@pytest.mark.parametrize("transport", ["lean", "httpx", "aiohttp"])
+def test_every_transport_asks_for_an_identity_encoding(transport: str) -> None:
     from harness.load.client import make_client
 
-    for transport in ("lean", "httpx", "aiohttp"):
-        client = make_client(
-            "http://127.0.0.1:1", stall_after_s=1, max_connections=4, transport=transport
-        )
-        assert client.headers["accept-encoding"] == "identity", transport
-        request = client.build_request("POST", "/v1/completions", content=b"{}")
-        assert request.headers["accept-encoding"] == "identity"
+    if transport == "aiohttp":
+        require(have_module("httpx_aiohttp"), "httpx-aiohttp (the dev extra installs it)")
+    client = make_client(
+        "http://127.0.0.1:1", stall_after_s=1, max_connections=4, transport=transport
+    )
+    assert client.headers["accept-encoding"] == "identity", transport
+    request = client.build_request("POST", "/v1/completions", content=b"{}")
+    assert request.headers["accept-encoding"] == "identity"
+
+
+def test_the_lean_shortcut_head_asks_for_identity() -> None:
     lean_client = LeanClient(base_url="http://127.0.0.1:1")
     _, _, head = lean_client._head("/v1/completions")
     assert b"Accept-Encoding: identity\r\n" in head or b"accept-encoding: identity\r\n" in head
