@@ -79,6 +79,7 @@ class CompareOptions:
     repeats: int = 1
     slo: tuple[Criterion, ...] = ()
     slo_max_probes: int = 7
+    slo_probe_s: float = 20.0
 
 
 def run_compare(
@@ -210,6 +211,7 @@ def _run_cell(
                 start_rate=(segment.summary or {}).get("throughput", {}).get("requests_per_s"),
                 out_dir=crun.path / "slo",
                 max_probes=options.slo_max_probes,
+                probe_s=options.slo_probe_s,
                 progress=progress,
             )
         record["overhead"] = {

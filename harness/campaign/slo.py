@@ -28,9 +28,9 @@ MIN_RATE = 0.05
 BRACKET_RATIO = 1.15
 
 
-def probe_requests(rate: float) -> int:
-    """How many requests a probe at ``rate`` sends (about :data:`PROBE_SECONDS` worth)."""
-    return int(min(MAX_PROBE_REQUESTS, max(MIN_PROBE_REQUESTS, round(rate * PROBE_SECONDS))))
+def probe_requests(rate: float, seconds: float = PROBE_SECONDS) -> int:
+    """How many requests a probe at ``rate`` sends (about ``seconds`` worth)."""
+    return int(min(MAX_PROBE_REQUESTS, max(MIN_PROBE_REQUESTS, round(rate * seconds))))
 
 
 def next_rate(passing: float | None, failing: float | None, tried: float) -> float | None:
@@ -56,6 +56,7 @@ def search_max_rate(
     start_rate: float | None,
     out_dir: Path,
     max_probes: int = 7,
+    probe_s: float = PROBE_SECONDS,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Probe ``handle``'s server; returns ``{"max_rate", "criteria", "probes": [...]}``."""
@@ -68,7 +69,7 @@ def search_max_rate(
         if rate is None or handle.poll() is not None:
             break
         rate = round(rate, 3)
-        requests = probe_requests(rate)
+        requests = probe_requests(rate, probe_s)
         config = plan.config(spec, requests=requests, rate=rate, duration_s=None)
         config.concurrency = None  # open loop: the rate is what is searched
         runner = LoadRunner(
@@ -80,6 +81,7 @@ def search_max_rate(
         if progress is not None:
             progress.phase = f"SLO search: probe {n} at {rate:g} req/s"
             progress.runner = runner
+            progress.requests_target = requests
         summary, signum = run_load_interruptibly(runner)
         raise_for_signal(signum)
         ok, reasons = check_probe(criteria, summary, rate)

@@ -63,6 +63,20 @@ def parse_tp_list(text: str) -> list[int]:
     help="Also find each cell's highest sustained request rate within the SLO, e.g. "
     "ttft=500ms,tpot=50ms (p99 unless METRIC@p90=...).",
 )
+@click.option(
+    "--slo-probes",
+    type=click.IntRange(min=1),
+    default=7,
+    show_default=True,
+    help="Most load runs the SLO search spends per cell.",
+)
+@click.option(
+    "--slo-probe-seconds",
+    type=click.FloatRange(min=1),
+    default=20.0,
+    show_default=True,
+    help="About how long each SLO probe sends (20 to 200 requests).",
+)
 @startup_timeout_option
 @stall_after_option
 @runs_dir_option
@@ -71,6 +85,8 @@ def compare(
     n_requests: int | None,
     duration: float | None,
     slo_text: str | None,
+    slo_probes: int,
+    slo_probe_seconds: float,
     startup_timeout: float | None,
     stall_after: float | None,
     runs_dir: str | None,
@@ -153,12 +169,17 @@ def compare(
             cells,
             planner,
             plan,
-            CompareOptions(repeats=repeats, slo=criteria),
+            CompareOptions(
+                repeats=repeats,
+                slo=criteria,
+                slo_max_probes=slo_probes,
+                slo_probe_s=slo_probe_seconds,
+            ),
             console=console,
             progress=progress,
         )
     write_reports(run.path, console)
-    _print_verdicts(console, summary)
+    _print_verdicts(console, summary, run.summary)
     if summary["campaign"]["status"] == "interrupted":
         raise SystemExit(130)
     hung = [c["label"] for c in summary["compare"]["cells"] if c["hangs"]]
@@ -168,7 +189,7 @@ def compare(
         )
 
 
-def _print_verdicts(console: Any, summary: dict[str, Any]) -> None:
+def _print_verdicts(console: Any, summary: dict[str, Any], summary_path: Any) -> None:
     """One line per significant difference (the report has the full table)."""
     for comparison in summary["compare"]["comparisons"]:
         significant = [d for d in comparison["differences"] if d["verdict"] == "significant"]
@@ -182,7 +203,7 @@ def _print_verdicts(console: Any, summary: dict[str, Any]) -> None:
             elif d["effect"] is not None:
                 parts.append(f"{d['metric']} {d['effect']:+.3f}")
         console.print(f"{comparison['label']}: " + ", ".join(parts) + " (significant)")
-    console.print(f"summary: {summary['campaign']['id']}/summary.json")
+    console.print(f"summary: {summary_path}")
 
 
 # compare's own matrix options replace plan_options' single engine, TP and profile list.
