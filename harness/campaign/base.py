@@ -57,7 +57,7 @@ def start_campaign(run: RunDir, kind: CampaignKind, options: dict[str, Any]) -> 
         "kind": kind,
         "id": run.run_id,
         "created_at": time.time(),
-        "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
+        "command": ["harness", *sys.argv[1:]],
         "harness_pid": os.getpid(),
         "options": options,
         "status": "running",

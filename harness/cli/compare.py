@@ -198,8 +198,9 @@ def _print_verdicts(console: Any, summary: dict[str, Any], summary_path: Any) ->
             continue
         parts = []
         for d in significant:
+            size = f" {d['magnitude']}" if d.get("magnitude") else ""
             if d["effect_kind"] == "ratio" and d["effect"] is not None:
-                parts.append(f"{d['metric']} x{d['effect']:.2f}")
+                parts.append(f"{d['metric']} x{d['effect']:.2f}{size}")
             elif d["effect"] is not None:
                 parts.append(f"{d['metric']} {d['effect']:+.3f}")
         console.print(f"{comparison['label']}: " + ", ".join(parts) + " (significant)")

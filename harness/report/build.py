@@ -292,7 +292,8 @@ def _comparison_section(comparison: Mapping[str, Any]) -> Section:
                 f_num(d["baseline"], 4),
                 f_num(d["other"], 4),
                 eff,
-                f_num(d["cliffs_delta"], 2),
+                f_num(d["cliffs_delta"], 2)
+                + (f" ({d['magnitude']})" if d.get("magnitude") else ""),
                 d["test"],
                 f_num(d["p_adjusted"], 2),
                 d["verdict"] if d["verdict"] != "n/a" else (d.get("note") or "n/a"),

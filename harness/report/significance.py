@@ -47,6 +47,20 @@ class Difference:
     note: str | None = None
 
     @property
+    def magnitude(self) -> str | None:
+        """Cliff's delta in words (Romano et al. 2006): negligible, small, medium, large."""
+        if self.cliffs_delta is None:
+            return None
+        d = abs(self.cliffs_delta)
+        if d < 0.147:
+            return "negligible"
+        if d < 0.33:
+            return "small"
+        if d < 0.474:
+            return "medium"
+        return "large"
+
+    @property
     def verdict(self) -> Literal["significant", "noise", "n/a"]:
         if self.p_adjusted is None:
             return "n/a"
@@ -64,6 +78,7 @@ class Difference:
             "effect": r(self.effect),
             "effect_kind": self.effect_kind,
             "cliffs_delta": r(self.cliffs_delta),
+            "magnitude": self.magnitude,
             "p_value": r(self.p_value, 6),
             "p_adjusted": r(self.p_adjusted, 6),
             "verdict": self.verdict,
