@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.errors import BadInput
+from harness.errors import BadInput, PlanError
 from harness.hostfacts import model_facts
 from harness.load import workload as workload_module
-from harness.load.workload import PromptSpec, load_workload, read_prompt_file
+from harness.load.workload import MAX_LENGTH, PromptSpec, load_workload, read_prompt_file
+from harness.plan import HostFacts, PlanRequest, make_plan
 from harness.profiles import load_profile
 
 FUZZ = settings(
@@ -65,6 +67,35 @@ json_documents = documents.map(lambda d: json.dumps(d).encode())
 jsonl_documents = st.lists(documents, max_size=5).map(
     lambda items: "\n".join(json.dumps(i) for i in items).encode()
 )
+# Numbers where limits live: lengths, weights and deadlines that load but fail once used.
+numbers = st.integers(min_value=-10, max_value=2**70) | st.floats()
+lengths = numbers | st.fixed_dictionaries(
+    {"dist": st.sampled_from(["fixed", "uniform", "normal", "lognormal", "zipf"])},
+    optional={k: numbers for k in ("value", "min", "max", "mean", "std", "median", "sigma")},
+)
+image_sizes = st.fixed_dictionaries(
+    {"width": numbers, "height": numbers}, optional={"weight": numbers}
+)
+workload_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "api": st.sampled_from(["chat", "completions"]),
+        "prompt": st.fixed_dictionaries({}, optional={"tokens": lengths}),
+        "max_tokens": lengths,
+        "images": st.fixed_dictionaries(
+            {"sizes": st.lists(image_sizes, max_size=3)}, optional={"count": lengths}
+        ),
+    },
+).map(lambda d: yaml.safe_dump(d).encode())
+profile_settings = st.fixed_dictionaries(
+    {},
+    optional={
+        "deadlines": st.dictionaries(st.sampled_from(["startup_s", "request_s"]), numbers),
+        "watch": st.dictionaries(st.sampled_from(["stall_after_s", "engine_stall_s"]), numbers),
+        "load": st.dictionaries(st.sampled_from(["max_image_pixels"]), numbers),
+        "container": st.dictionaries(st.sampled_from(["ulimits"]), st.dictionaries(keys, numbers)),
+    },
+).map(lambda d: yaml.safe_dump(d).encode())
 yaml_flavoured = st.text(
     alphabet=st.sampled_from([*":-[]{}&*!|>'\"#%@`, ?\n\t\\abcxyz019.<", "\u2028", "\ufeff"]),
     max_size=120,
@@ -87,7 +118,18 @@ def _profile(d: Path, data: bytes) -> object:
 
 
 def _workload(d: Path, data: bytes) -> object:
-    return load_workload(str(_write(d / "w.yaml", data)))
+    workload, _ = load_workload(str(_write(d / "w.yaml", data)))
+    # A workload that loads must also run: every length it names can be sampled and bounded.
+    rng = random.Random(0)
+    lengths = [workload.prompt.tokens, workload.max_tokens]
+    if workload.images is not None:
+        lengths.append(workload.images.count)
+        rng.choices(workload.images.sizes, weights=[s.weight for s in workload.images.sizes])
+    for length in lengths:
+        assert 0 <= length.upper <= MAX_LENGTH
+        for _ in range(5):
+            assert 0 <= length.sample(rng) <= length.upper
+    return workload
 
 
 def _prompts(source: str) -> Callable[[Path, bytes], object]:
@@ -103,12 +145,29 @@ def _prompts(source: str) -> Callable[[Path, bytes], object]:
 
 def _model_config(d: Path, data: bytes) -> object:
     _write(d / "model" / "config.json", data)
-    return model_facts(str(d / "model"))
+    facts = model_facts(str(d / "model"))
+    # Whatever the file states, planning with it answers with a plan or one PlanError line.
+    for tp in (1, 3, 8):
+        for engine in ("vllm", "lmdeploy"):
+            request = PlanRequest(
+                engine=engine,
+                model=str(d / "model"),
+                run_id="r",
+                runs_root="/runs",
+                tp=tp,
+                model_is_local_dir=True,
+                model_facts=facts,
+            )
+            try:
+                make_plan(request, HostFacts(device="cpu", cpu_count=4))
+            except PlanError as exc:
+                assert "\n" not in str(exc)
+    return facts
 
 
 LOADERS: dict[str, tuple[Callable[[Path, bytes], object], Any]] = {
-    "profile": (_profile, yaml_documents | yaml_flavoured),
-    "workload": (_workload, yaml_documents | yaml_flavoured),
+    "profile": (_profile, yaml_documents | yaml_flavoured | profile_settings),
+    "workload": (_workload, yaml_documents | yaml_flavoured | workload_settings),
     "jsonl prompt file": (_prompts("jsonl"), jsonl_documents),
     "sharegpt prompt file": (_prompts("sharegpt"), json_documents),
     "model config.json": (_model_config, json_documents),
