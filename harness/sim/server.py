@@ -484,11 +484,13 @@ class _Job:
         m.prompt.labels(self.s._m).inc(self.prompt_tokens)
         self.s._prompt_since += self.prompt_tokens
 
+    def _account_tokens(self, generated: int) -> None:
+        self.s.metrics.gen.labels(self.s._m).inc(generated)
+        self.s._gen_since += generated
+
     def _account_end(self, generated: int, first: float | None) -> None:
         m = self.s.metrics
         name = self.s._m
-        m.gen.labels(name).inc(generated)
-        self.s._gen_since += generated
         m.success.labels(name, "length").inc()
         now = time.perf_counter()
         if first is not None:
@@ -506,6 +508,7 @@ class _Job:
         if self.usage_wanted:
             out.append(self._usage_chunk())
         out.append(b"data: [DONE]\n\n")
+        self._account_tokens(self.n)
         self._account_end(self.n, time.perf_counter())
         return [b"".join(out)]
 
@@ -530,6 +533,9 @@ class _Job:
                 if first is None:
                     first = time.perf_counter()
                 generated += 1
+                # Counted as generated, like vLLM's counter: a long request is progress, not a
+                # stall, for the watchdog's metrics rule.
+                self._account_tokens(1)
                 yield self._token(i)
         finally:
             if acquired:
