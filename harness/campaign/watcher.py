@@ -63,7 +63,7 @@ def watch_detached(run: RunDir) -> int:
     from harness.runtime.base import ServerHandle
     from harness.watchdog.monitor import watch_server
 
-    console = Console(file=sys.stdout, force_terminal=False, width=200, log_time=True)
+    console = Console(file=sys.stdout, force_terminal=False, width=10_000, soft_wrap=True)
     stop_event = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

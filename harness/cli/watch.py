@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from rich.console import Console
 
+from harness.cli.display import make_console
 from harness.cli.options import core_options, runs_dir_option
 from harness.rundir import runs_root
 from harness.watchdog.capture import CaptureOptions
@@ -88,7 +88,7 @@ def watch(
       harness watch --heartbeat /tmp/hb --env NCCL_DEBUG=INFO -- python train.py
       harness watch --core -- python native_job.py   # also gcore the odd process out
     """
-    console = Console(stderr=True)
+    console = make_console()
     result = run_watched(
         list(command),
         runs_root=runs_root(runs_dir),
