@@ -55,15 +55,41 @@ COLLECTIVES = frozenset(
         "tensor_model_parallel_all_gather",
     }
 )
-
-# ``send``/``recv``/``gather`` are common names: a collective only counts inside communication code.
+# Common words (``recv``, ``gather``, ``send``, ...) are a collective only inside communication
+# code; the distinctive names (``all_reduce``, ``reduce_scatter``, ...) are one anywhere: a
+# training script's or the simulator's own ``all_reduce`` is still the collective it waits in.
+_AMBIGUOUS = frozenset(
+    {"broadcast", "barrier", "gather", "scatter", "reduce", "send", "recv", "isend", "irecv"}
+)
 _COMM_PATH = re.compile(r"distributed|c10d|comm|nccl|gloo|parallel|collective", re.IGNORECASE)
+# Native (``--native``) frames of a collective: NCCL, gloo, MPI/oneCCL, torch's c10d, vLLM's
+# shared-memory and custom all-reduce kernels. Matched on the symbol or the library.
+_NATIVE_COMM = re.compile(
+    r"nccl|rccl|gloo|mpi|ccl|c10d|distributed|shm_?all|shm_?broadcast|custom_?ar", re.IGNORECASE
+)
+_NATIVE_COLLECTIVES = (
+    ("allreduce", "all_reduce"),
+    ("allgather", "all_gather"),
+    ("reducescatter", "reduce_scatter"),
+    ("alltoall", "all_to_all"),
+    ("broadcast", "broadcast"),
+    ("barrier", "barrier"),
+    # torch's functional collectives (compiled graphs): waiting for a collective's result.
+    ("waittensor", "wait_tensor"),
+)
 
-# Engine-level waits: the executor waiting on its workers, a worker waiting for work.
-RPC_WAITS = frozenset({"collective_rpc", "execute_model", "sample_tokens", "get_response"})
+# Engine-level waits: the executor waiting for its workers' replies. (A worker's own
+# ``execute_model`` is its work, not a wait: where it waits is inside it.)
+RPC_WAITS = frozenset({"collective_rpc", "get_response"})
 # Most telling first: a worker idles in ``dequeue``, which polls inside.
 QUEUE_WAITS = ("dequeue", "acquire_read", "recv_bytes", "get", "wait", "select", "poll")
 EVENT_LOOP = frozenset({"run_forever", "run_until_complete"})
+# Native frames that never say where a process waits: the C library, the interpreter, the C++
+# runtime, CPython's own sources (``timemodule.c:...``), unresolved addresses.
+_GENERIC_NATIVE = re.compile(
+    r"^(?:lib(?:c|pthread|python[\d.]*|stdc\+\+|gcc_s|m|dl|rt|z|util)(?:[-.][\w.-]*)?\.so[\d.]*"
+    r"|ld-linux.*|.*\.(?:c|h|cc|cpp)(?::\d+)?)$"
+)
 
 
 @dataclass(frozen=True)
@@ -131,13 +157,46 @@ def parse_dump(text: str) -> list[Thread]:
     return threads
 
 
+def collective_name(frame: Frame) -> str | None:
+    """The collective a frame is in (``all_reduce``, ...), Python or native, or None."""
+    if frame.is_python:
+        comm = bool(_COMM_PATH.search(frame.where))
+        for tok in reversed(frame.tokens):
+            name = _python_collective(tok.lstrip("_"), comm)
+            if name is not None:
+                return name
+        return None
+    symbol = frame.func
+    if symbol.startswith("0x") or not _NATIVE_COMM.search(f"{symbol} {frame.where}"):
+        return None
+    # ``c10d::ProcessGroupGloo::allreduce(std::vector<at::Tensor>&, ...)``, ``ncclAllReduce``
+    for part in reversed(_short_symbol(symbol).split("::")):
+        squashed = re.sub(r"[^a-z]", "", part.lower())
+        for key, name in _NATIVE_COLLECTIVES:
+            if key in squashed:
+                return name
+    return None
+
+
+def _python_collective(token: str, comm: bool) -> str | None:
+    """``all_reduce``, ``all_reduce_out_place`` -> ``all_reduce``; common words need ``comm``."""
+    if token in COLLECTIVES:
+        return token if comm or token not in _AMBIGUOUS else None
+    # Variants such as vLLM's ``_all_reduce_out_place``: the longest collective prefix.
+    for name in sorted(COLLECTIVES, key=len, reverse=True):
+        if token.startswith(name + "_") and (comm or name not in _AMBIGUOUS):
+            return name
+    return None
+
+
 def _category(frame: Frame) -> tuple[int, int, str] | None:
     """(category rank, rank inside the category, label) of a frame, or None."""
+    collective = collective_name(frame)
+    if collective is not None:
+        return 0, 0, collective
+    if not frame.is_python:
+        return None
     tokens = frame.tokens
-    if _COMM_PATH.search(frame.where):
-        for tok in reversed(tokens):
-            if tok in COLLECTIVES:
-                return 0, 0, tok
     if "collective_rpc" in tokens:
         return 1, 0, "collective_rpc"
     for tok in reversed(tokens):
@@ -157,10 +216,23 @@ def _category(frame: Frame) -> tuple[int, int, str] | None:
 _CATEGORY_NAMES = {0: "collective", 1: "rpc", 2: "queue", 3: "event-loop"}
 
 
+def is_generic_native(frame: Frame) -> bool:
+    """A native frame that says nothing about where a process waits (libc, the interpreter)."""
+    return frame.func.startswith("0x") or bool(_GENERIC_NATIVE.match(frame.where))
+
+
 def thread_wait(thread: Thread) -> Wait | None:
-    """Where one thread waits: the most telling Python frame, innermost on ties."""
-    frames = thread.python_frames
-    if not frames:
+    """Where one thread waits: its most telling frame, Python or native, innermost on ties.
+
+    In order: a collective (``all_reduce``, also in a native frame such as
+    ``c10d::ProcessGroupGloo::allreduce`` or ``ncclAllReduce``), the executor waiting for its
+    workers (``collective_rpc``), a queue or lock wait (named after its caller when that says
+    more), the event loop; otherwise the innermost Python frame outside the standard library,
+    with the innermost telling native frame inside it (``forward (cudaStreamSynchronize)``).
+    """
+    frames = thread.frames
+    python = thread.python_frames
+    if not python and not any(not is_generic_native(f) for f in frames):
         return None
     best: tuple[int, int, int, str, Frame] | None = None
     for depth, frame in enumerate(frames):
@@ -170,14 +242,33 @@ def thread_wait(thread: Thread) -> Wait | None:
         rank, sub, label = cat
         if best is None or (rank, sub) < (best[0], best[1]):
             best = (rank, sub, depth, label, frame)
-    if best is None:
-        inner = frames[0]
-        name = inner.tokens[-1] if inner.tokens else inner.func
-        return Wait(_with_caller(frames, 0, name), str(inner), thread.name or thread.tid, "other")
-    rank, _, depth, label, frame = best
-    if rank == 2:
-        label = _with_caller(frames, depth, label)
-    return Wait(label, str(frame), thread.name or thread.tid, _CATEGORY_NAMES[rank])
+    who = thread.name or thread.tid
+    if best is not None:
+        rank, _, depth, label, frame = best
+        if rank == 2:
+            label = _with_caller(frames, depth, label)
+        return Wait(label, str(frame), who, _CATEGORY_NAMES[rank])
+    if not python:
+        inner = next(f for f in frames if not is_generic_native(f))
+        return Wait(inner.func, str(inner), who, "other")
+    inner = python[0]
+    depth = frames.index(inner)
+    label = _with_caller(frames, depth, inner.tokens[-1] if inner.tokens else inner.func)
+    native = next((f for f in frames[:depth] if not is_generic_native(f)), None)
+    if native is not None:
+        label = f"{label} ({_short_symbol(native.func)})"
+    return Wait(label, str(inner), who, "other")
+
+
+def _short_symbol(symbol: str) -> str:
+    """``c10d::Work::wait(std::chrono::duration<...>)`` -> ``c10d::Work::wait``."""
+    bare = symbol
+    for _ in range(20):  # nested templates and argument lists, innermost first
+        stripped = re.sub(r"<[^<>]*>|\([^()]*\)", "", bare)
+        if stripped == bare:
+            break
+        bare = stripped
+    return bare.strip()[:120] or symbol[:120]
 
 
 def is_stdlib(frame: Frame) -> bool:
@@ -192,7 +283,7 @@ def _with_caller(frames: list[Frame], depth: int, label: str) -> str:
     if not is_stdlib(frames[depth]):
         return label
     for frame in frames[depth + 1 :]:
-        if not is_stdlib(frame) and frame.tokens:
+        if frame.is_python and not is_stdlib(frame) and frame.tokens:
             return f"{frame.tokens[-1]} ({label})"
     return label
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.watchdog.stacks import Frame, parse_dump, process_wait, signature, thread_wait
+from harness.watchdog.stacks import (
+    Frame,
+    collective_name,
+    parse_dump,
+    process_wait,
+    signature,
+    thread_wait,
+)
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "pyspy"
 
@@ -58,3 +65,94 @@ def test_frame_kinds() -> None:
     assert Frame("<module>", "<string>:3").is_python
     assert not Frame("poll", "libc.so.6").is_python
     assert not Frame("uv_run", "core.c:464").is_python
+
+
+def test_simulated_tp_workers_collective_and_stuck_rank() -> None:
+    # Real py-spy --native dumps of `harness sim --tp 2 --fault worker-stall:rank=1`: the
+    # healthy rank waits in the simulator's own all_reduce (not in communication code), the
+    # stalled one sleeps inside execute_model. Neither is "execute_model".
+    w0 = process_wait(parse_dump((FIX / "sim_worker_tp0_all_reduce.txt").read_text()))
+    assert w0 is not None and (w0.label, w0.category) == ("all_reduce", "collective")
+    w1 = process_wait(parse_dump((FIX / "sim_worker_tp1_stuck.txt").read_text()))
+    assert w1 is not None and w1.label == "stuck_in_kernel" and w1.category == "other"
+
+
+def _thread(*frames: str) -> str:
+    return 'Thread 27266 (idle): "MainThread"\n' + "".join(f"    {f}\n" for f in frames)
+
+
+def test_native_collective_frames_count() -> None:
+    # A compiled graph calls the collective from C++: no Python frame names it, the native
+    # frames do (shapes of py-spy --native lines for gloo, NCCL and vLLM's CPU shm kernel).
+    compiled = [
+        "call (/tmp/torchinductor_root/ab/cabcdef.py:412)",
+        "_support_torch_compile.<locals>.__call__ (vllm/compilation/decorators.py:529)",
+        "LlamaForCausalLM.forward (vllm/model_executor/models/llama.py:541)",
+        "GPUModelRunner.execute_model (vllm/v1/worker/gpu_model_runner.py:4207)",
+        "Worker.execute_model (vllm/v1/worker/gpu_worker.py:1328)",
+        "WorkerProc.worker_busy_loop (vllm/v1/executor/multiproc_executor.py:1041)",
+    ]
+    for native, label in (
+        (
+            "c10d::ProcessGroupGloo::allreduce(std::vector<at::Tensor, "
+            "std::allocator<at::Tensor> >&, c10d::AllreduceOptions const&) (libtorch_cpu.so)",
+            "all_reduce",
+        ),
+        ("ncclAllGather (libnccl.so.2)", "all_gather"),
+        ("shm_allreduce(long, at::Tensor&) (_C.abi3.so)", "all_reduce"),
+        ("c10d::wait_tensor(at::Tensor const&) (libtorch_cpu.so)", "wait_tensor"),
+    ):
+        text = _thread(
+            "0x7f9fb24a3f16 (libc.so.6)", "pthread_cond_wait (libc.so.6)", native, *compiled
+        )
+        w = thread_wait(parse_dump(text)[0])
+        assert w is not None and (w.label, w.category) == (label, "collective"), native
+
+
+def test_generic_native_frames_never_name_the_wait() -> None:
+    text = _thread(
+        "0x7f54b2aa3f16 (libc.so.6)",
+        "PyThread_acquire_lock_timed (libpython3.11.so.1.0)",
+        "time_sleep (timemodule.c:402)",
+        "load_batch (train.py:12)",
+        "main (train.py:40)",
+    )
+    w = thread_wait(parse_dump(text)[0])
+    assert w is not None and w.label == "load_batch" and w.category == "other"
+
+
+def test_telling_native_frame_inside_python_is_named() -> None:
+    text = _thread(
+        "cudaStreamSynchronize (libcudart.so.12)",
+        "RMSNorm.forward (vllm/model_executor/layers/layernorm.py:201)",
+        "Worker.execute_model (vllm/v1/worker/gpu_worker.py:1328)",
+    )
+    w = thread_wait(parse_dump(text)[0])
+    assert w is not None and w.label == "forward (cudaStreamSynchronize)"
+
+
+def test_collective_name_rules() -> None:
+    assert collective_name(Frame("all_reduce", "harness/sim/workers.py:67")) == "all_reduce"
+    assert (
+        collective_name(
+            Frame(
+                "GroupCoordinator._all_reduce_out_place", "vllm/distributed/parallel_state.py:750"
+            )
+        )
+        == "all_reduce"
+    )
+    # Common words only inside communication code.
+    assert (
+        collective_name(Frame("_ConnectionBase.recv", "multiprocessing/connection.py:250")) is None
+    )
+    assert collective_name(Frame("recv", "torch/distributed/distributed_c10d.py:2500")) == "recv"
+    # A tensor broadcast in ATen is not a collective; c10d's is.
+    assert (
+        collective_name(Frame("at::native::broadcast_to(at::Tensor const&)", "libtorch_cpu.so"))
+        is None
+    )
+    assert (
+        collective_name(Frame("c10d::ProcessGroupGloo::broadcast", "libtorch_cpu.so"))
+        == "broadcast"
+    )
+    assert collective_name(Frame("c10d::Work::wait", "libtorch_cpu.so")) is None

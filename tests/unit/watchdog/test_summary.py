@@ -97,3 +97,27 @@ def test_summary_first_lines_and_table() -> None:
 
 def test_simulator_process_titles() -> None:
     assert role_name("python", ["sim::Worker_TP1"]) == "Worker_TP1"
+
+
+def test_where_line_from_real_simulated_tp_stacks() -> None:
+    # The bug: "Worker_TP0 waits in execute_model" while its own stack was in all_reduce.
+    from pathlib import Path
+
+    from harness.watchdog.stacks import parse_dump, process_wait
+
+    fix = Path(__file__).resolve().parents[2] / "fixtures" / "pyspy"
+    procs = []
+    for pid, role, name in (
+        (10, "Worker_TP0", "sim_worker_tp0_all_reduce.txt"),
+        (11, "Worker_TP1", "sim_worker_tp1_stuck.txt"),
+    ):
+        w = process_wait(parse_dump((fix / name).read_text()))
+        assert w is not None
+        procs.append(
+            ProcessReport(pid, role, "S", 0.0, wait=w.label, wait_category=w.category, moved=False)
+        )
+    line = where_line(procs, odd_one_out(procs))
+    assert line == (
+        "Worker_TP1 is not in the collective (in stuck_in_kernel; peers wait in all_reduce); "
+        "Worker_TP0 waits in all_reduce"
+    )
