@@ -10,6 +10,10 @@ if one worker stops (``kill -STOP``, or the ``worker-stall`` fault, which spins 
 shape of a TP collective hang.
 
 Messages are fixed 16-byte frames (two int64) over socketpairs the parent creates.
+
+Shutdown is quiet: a worker leaves without a traceback when its engine or a peer goes away
+(closed or reset socket), ignores Ctrl-C (the engine stops it), and gets SIGTERM from the
+kernel if the engine dies without stopping it (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import contextlib
 import ctypes
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -30,14 +35,28 @@ READY = -1
 NO_STALL = -1
 
 
-def set_process_name(name: str) -> None:
-    """Set the kernel's name for this process (``ps -o comm``, psutil ``name()``), 15 bytes."""
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+
+
+def _prctl(option: int, arg: int | bytes) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_name = 15
-        libc.prctl(pr_set_name, name.encode()[:15], 0, 0, 0)
+        libc.prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def set_process_name(name: str) -> None:
+    """Set the kernel's name for this process (``ps -o comm``, psutil ``name()``), 15 bytes."""
+    _prctl(_PR_SET_NAME, name.encode()[:15])
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` exits (Linux), and leave now if it already has."""
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _recv_frame(sock: socket.socket) -> tuple[int, int]:
@@ -95,15 +114,19 @@ def execute_model(
 
 
 def worker_main(rank: int, ctrl: socket.socket, peers: dict[int, socket.socket], mode: str) -> None:
-    """Wait for a step, run it, acknowledge; until the engine closes the control socket."""
-    _send_frame(ctrl, READY, rank)
-    while True:
-        try:
+    """Wait for a step, run it, acknowledge; until the engine or a peer goes away.
+
+    A closed or reset socket (the engine stopped, a peer was killed mid-step) ends the worker
+    quietly: that is shutdown, not an error worth a traceback.
+    """
+    try:
+        _send_frame(ctrl, READY, rank)
+        while True:
             step, stall = _recv_frame(ctrl)
-        except (EOFError, OSError):
-            return
-        result = execute_model(peers, rank, step, stall, mode)
-        _send_frame(ctrl, step, result)
+            result = execute_model(peers, rank, step, stall, mode)
+            _send_frame(ctrl, step, result)
+    except (EOFError, OSError):
+        return
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -113,7 +136,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ctrl-fd", type=int, required=True)
     p.add_argument("--peer", action="append", default=[], help="RANK:FD")
     p.add_argument("--mode", default="spin")
+    p.add_argument("--parent-pid", type=int, default=None, help="the engine (default: parent)")
     args = p.parse_args(argv)
+    # Ctrl-C reaches the whole foreground group: the engine stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(args.parent_pid if args.parent_pid is not None else os.getppid())
     set_process_name(args.title)
     ctrl = socket.socket(fileno=args.ctrl_fd)
     peers = {}
@@ -133,6 +160,7 @@ class WorkerGroup:
 
     procs: list[subprocess.Popen[bytes]]
     ctrl: list[socket.socket]
+    stopping: bool = False
 
     @classmethod
     def start(cls, tp: int, python: str, mode: str = "spin") -> WorkerGroup:
@@ -156,6 +184,8 @@ class WorkerGroup:
                 str(fds[0]),
                 "--mode",
                 mode,
+                "--parent-pid",
+                str(os.getpid()),
             ]
             for (i, j), (a, b) in peer_pairs.items():
                 if rank == i:
@@ -180,27 +210,46 @@ class WorkerGroup:
                 raise RuntimeError("worker protocol error")
 
     def collective_rpc(self, step: int, stall_rank: int = NO_STALL) -> int:
-        """Run one step on every worker and wait for all of them (blocks if one hangs)."""
-        for sock in self.ctrl:
-            _send_frame(sock, step, stall_rank)
+        """Run one step on every worker and wait for all of them (blocks if one hangs).
+
+        Once :meth:`stop` began, a step in flight ends quietly (result 0) instead of raising
+        on the sockets it closes.
+        """
         result = 0
-        for sock in self.ctrl:
-            _, result = _recv_frame(sock)
+        try:
+            for sock in self.ctrl:
+                _send_frame(sock, step, stall_rank)
+            for sock in self.ctrl:
+                _, result = _recv_frame(sock)
+        except (EOFError, OSError):
+            if self.stopping:
+                return 0
+            raise
         return result
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
-    def stop(self) -> None:
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop every worker: close the control sockets, SIGTERM, SIGKILL after ``grace_s``."""
+        self.stopping = True
         for sock in self.ctrl:
             with contextlib.suppress(OSError):
                 sock.close()
         for p in self.procs:
             if p.poll() is None:
-                p.kill()
+                with contextlib.suppress(OSError):
+                    p.terminate()
+        deadline = time.monotonic() + grace_s
         for p in self.procs:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p.poll() is None:  # stopped (SIGSTOP) or ignoring SIGTERM
+                with contextlib.suppress(OSError):
+                    p.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
 
 
 if __name__ == "__main__":
