@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import httpx
-
 from harness.engines.base import StartupPhase
 from harness.runtime.base import ServerHandle
 from harness.watchdog.rules import Verdict, startup_verdict
@@ -91,6 +89,10 @@ def wait_until_healthy(
 
     The decision to give up is :func:`~harness.watchdog.rules.startup_verdict` (pure); the
     returned result carries its verdict, which is what a startup incident records."""
+    # Imported here, after the server was spawned: httpx costs ~0.1 s to import, which would
+    # otherwise delay every engine's start (benchmarks/serve_overhead.py).
+    import httpx
+
     start = time.monotonic()
     follower = LogFollower(handle.run.server_log)
     seen: list[tuple[str, float]] = []

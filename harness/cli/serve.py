@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-from rich.table import Table
 
 from harness.cli.display import StartupDisplay, make_console
 from harness.cli.options import runs_dir_option
@@ -85,6 +84,8 @@ def serve(
 @runs_dir_option
 def ps(runs_dir: str | None) -> None:
     """List live servers started by harness (local process groups and labelled containers)."""
+    from rich.table import Table
+
     from harness.campaign.serve import live_servers
 
     console = make_console(stderr=False)

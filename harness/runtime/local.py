@@ -62,7 +62,7 @@ def _port_holder(port: int) -> str:
     return ""
 
 
-def _rlimit_setter(limits: dict[str, int]) -> Callable[[], None]:
+def rlimit_setter(limits: dict[str, int]) -> Callable[[], None]:
     """preexec_fn applying the plan's rlimits (best effort: a refused limit must not block the
     launch; plan-time warnings already say what the host allows)."""
     wanted = {
@@ -162,7 +162,7 @@ class LocalRuntime:
                 stdout=log,
                 env=env,
                 cwd=run.path,
-                preexec_fn=_rlimit_setter(spec.rlimits),
+                preexec_fn=rlimit_setter(spec.rlimits),
             )
         except FileNotFoundError:
             log.close()
