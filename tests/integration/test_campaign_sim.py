@@ -191,6 +191,9 @@ def test_soak_turns_every_injected_stall_into_exactly_one_incident(
     assert [m["incident"] for m in soak["incident_marks"]] == [p.name for p in incidents]
     found = indices(camp)
     assert len(found) == len(set(found)) == summary["requests"]["finished"]
+    # vllm bench serve's result file and the CSV cover the whole soak, every segment.
+    assert len(read_json(camp / "bench_result.json")["ttfts"]) == summary["requests"]["finished"]
+    assert (camp / "requests.csv").read_text().count("\n") == len(found) + 1
     assert res.returncode == 1
     check_report(camp, tmp_path, "Incidents")
 
@@ -301,8 +304,17 @@ def test_compare_on_the_simulator_tests_cells_and_searches_the_slo(
     ]
     for line in lines:
         cell_dir = camp / line["run_dir"]
-        for name in ("launch_spec.json", "server.log", "requests.jsonl", "summary.json"):
+        for name in (
+            "launch_spec.json",
+            "server.log",
+            "requests.jsonl",
+            "summary.json",
+            "bench_result.json",
+            "requests.csv",
+        ):
             assert (cell_dir / name).exists(), name
+        bench = read_json(cell_dir / "bench_result.json")
+        assert bench["completed"] == 40 and len(bench["ttfts"]) == 40
         assert line["overhead"]["healthy_to_first_request_s"] is not None
         assert line["overhead"]["last_request_to_stopped_s"] is not None
     # Identical seeded workload in every cell: the same prompts in the same order.
