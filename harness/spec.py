@@ -2,7 +2,7 @@
 
 A LaunchSpec is produced by :func:`harness.plan.make_plan` (pure) and consumed by the runtimes
 (local process group, Docker). ``harness plan --format json`` prints exactly
-``spec.to_json()``; its keys are a contract (DESIGN.md), so fields are only ever added.
+``spec.to_json()``; its keys are a contract (docs/architecture.md), so fields are only ever added.
 """
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ class LaunchSpec(Frozen):
     rlimits: dict[str, int] = Field(default_factory=dict)
     faults: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
+    #: The pre-sharded copy the engine loads instead of ``model`` (``harness shard``), if any.
+    sharded_copy: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready mapping (the contract of ``harness plan --format json``)."""

@@ -125,7 +125,7 @@ class RecordStats:
         return sum(self.counts.values())
 
     def summary(self, elapsed_s: float | None = None) -> dict[str, Any]:
-        """The DESIGN.md blocks (``requests``, ``throughput``, ``latency_ms``, ``windows``, ...)
+        """The docs/architecture.md blocks (``requests``, ``throughput``, ``latency_ms``, ``windows``, ...)
         over ``elapsed_s`` (default: first send to last finish)."""
         if elapsed_s is None:
             span = (

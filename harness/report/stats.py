@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-#: The percentiles every latency in ``summary.json`` reports (DESIGN.md).
+#: The percentiles every latency in ``summary.json`` reports (docs/architecture.md).
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("p50", 50.0),
     ("p90", 90.0),
