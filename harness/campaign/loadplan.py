@@ -84,6 +84,7 @@ class LoadPlan(BaseModel):
             prompt_tokens=self.prompt_tokens,
             max_tokens=self.max_tokens,
             max_image_pixels=min(caps) if caps else None,
+            max_images_per_request=spec.load.max_images_per_request,
             model=spec.served_model_name,
             tokenizer=local_model,
             slo=self.slo,

@@ -191,9 +191,15 @@ class _LoadCommand(click.Command):
 )
 @click.option(
     "--max-image-pixels",
-    type=int,
+    type=click.IntRange(min=1),
     help="Scale images down to at most this many pixels (the vlm-safe limit; with --run, "
     "the run's limit applies too).",
+)
+@click.option(
+    "--max-images-per-request",
+    type=click.IntRange(min=1),
+    help="Send at most this many images per request (the server's --limit-mm-per-prompt; "
+    "with --run, the run's vlm-safe limit applies too).",
 )
 @click.option(
     "--model",
@@ -269,6 +275,7 @@ def load(
     ignore_eos: bool | None,
     api: str | None,
     max_image_pixels: int | None,
+    max_images_per_request: int | None,
     model: str | None,
     tokenizer: str | None,
     slo_ttft_ms: float | None,
@@ -341,6 +348,9 @@ def load(
         base_url = url
 
     caps = [c for c in (max_image_pixels, spec.load.max_image_pixels if spec else None) if c]
+    image_limits = [
+        c for c in (max_images_per_request, spec.load.max_images_per_request if spec else None) if c
+    ]
     config = LoadConfig(
         workload_name=workload,
         workload=wl,
@@ -359,6 +369,7 @@ def load(
         prompt_tokens=prompt_tokens,
         max_tokens=max_tokens,
         max_image_pixels=min(caps) if caps else None,
+        max_images_per_request=min(image_limits) if image_limits else None,
         ignore_eos=ignore_eos,
         api=api,  # type: ignore[arg-type]
         model=model or (spec.served_model_name if spec else None),

@@ -297,7 +297,7 @@ def _record(
     }
     if planned.images:
         rec["images"] = [
-            {"width": i.sent_width, "height": i.sent_height, "format": i.format}
+            {"width": i.sent_width, "height": i.sent_height, "format": i.format, "bytes": i.bytes}
             | (
                 {"requested": [i.width, i.height]}
                 if (i.width, i.height) != (i.sent_width, i.sent_height)

@@ -21,13 +21,15 @@ COMPLETIONS_PATH = "/v1/completions"
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """One image of a request: the size asked for and the size sent (after the pixel cap)."""
+    """One image of a request: the size asked for, the size sent (after the pixel cap), and
+    the encoded size in bytes of what was sent."""
 
     width: int
     height: int
     sent_width: int
     sent_height: int
     format: str
+    bytes: int = 0
 
 
 @dataclass
@@ -101,6 +103,7 @@ class Overrides:
     prompt_tokens: int | None = None
     max_tokens: int | None = None
     max_image_pixels: int | None = None
+    max_images_per_request: int | None = None
     ignore_eos: bool | None = None
     api: str | None = None
 
@@ -134,6 +137,9 @@ class RequestFactory:
         self.ignore_eos = o.ignore_eos if o.ignore_eos is not None else workload.ignore_eos
         caps = [c for c in (o.max_image_pixels, workload.max_image_pixels) if c is not None]
         self.max_image_pixels = min(caps) if caps else None
+        # The server refuses a request with more images than its limit (vLLM
+        # --limit-mm-per-prompt): send at most that many, as the pixel cap scales them down.
+        self.max_images_per_request = o.max_images_per_request
         # --prompt-tokens forces synthetic prompts of that length, whatever the source.
         self.synthetic = workload.prompt.source == "synthetic" or o.prompt_tokens is not None
         self.file_prompts: list[str] = []
@@ -206,9 +212,16 @@ class RequestFactory:
         weights = [s.weight for s in spec.sizes]
         out: list[tuple[str, ImagePlan]] = []
         for slot in range(count):
+            # Draws continue past the image limit so that a capped run sends the same first
+            # images as an uncapped one with the same seed.
             size = rng.choices(spec.sizes, weights=weights)[0]
-            fmt = spec.format if spec.format != "mixed" else rng.choice(["jpeg", "png"])
+            fmt = size.format or spec.format
+            if fmt == "mixed":
+                fmt = rng.choice(["jpeg", "png"])
+            if self.max_images_per_request is not None and slot >= self.max_images_per_request:
+                continue
             w, h = cap_size(size.width, size.height, self.max_image_pixels)
             data = make_image(w, h, fmt, (self.seed, index, slot), spec.quality)
-            out.append((data_url(data, fmt), ImagePlan(size.width, size.height, w, h, fmt)))
+            plan = ImagePlan(size.width, size.height, w, h, fmt, len(data))
+            out.append((data_url(data, fmt), plan))
         return out

@@ -80,6 +80,7 @@ class LoadConfig:
     prompt_tokens: int | None = None
     max_tokens: int | None = None
     max_image_pixels: int | None = None
+    max_images_per_request: int | None = None
     ignore_eos: bool | None = None
     api: Literal["chat", "completions"] | None = None
     model: str | None = None
@@ -119,6 +120,10 @@ class LoadConfig:
             raise BadInput("--ramp needs --rate (the rate to ramp to)")
         if self.error_budget is not None and self.error_budget <= 0:
             raise BadInput("--error-budget must be positive (a count, or a fraction below 1)")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise BadInput("--max-image-pixels must be at least 1")
+        if self.max_images_per_request is not None and self.max_images_per_request < 1:
+            raise BadInput("--max-images-per-request must be at least 1")
         if self.first_index < 0:
             raise BadInput("the first request index must not be negative")
         if not self.metric_percentiles or not all(0 <= p <= 100 for p in self.metric_percentiles):
@@ -353,6 +358,7 @@ class LoadRunner:
                 prompt_tokens=cfg.prompt_tokens,
                 max_tokens=cfg.max_tokens,
                 max_image_pixels=cfg.max_image_pixels,
+                max_images_per_request=cfg.max_images_per_request,
                 ignore_eos=cfg.ignore_eos,
                 api=cfg.api,
             ),
@@ -652,6 +658,9 @@ class LoadRunner:
                 "prompt_tokens": cfg.prompt_tokens,
                 "max_tokens": cfg.max_tokens,
                 "max_image_pixels": self.factory.max_image_pixels if self.factory else None,
+                "max_images_per_request": self.factory.max_images_per_request
+                if self.factory
+                else None,
                 "tokenizer": self._tokenizer.name if self._tokenizer else None,
                 "tokenizer_exact": self._tokenizer.exact if self._tokenizer else None,
                 "api": self.factory.api if self.factory else cfg.api,

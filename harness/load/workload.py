@@ -174,9 +174,13 @@ class PromptSpec(_Model):
 
 
 class ImageSize(_Model):
+    """One image size of the mix; ``format`` overrides the spec's (photos are JPEG,
+    screenshots PNG)."""
+
     width: int = Field(gt=0, le=65536)
     height: int = Field(gt=0, le=65536)
     weight: float = Field(default=1.0, gt=0, le=1e6)
+    format: Literal["jpeg", "png", "mixed"] | None = None
 
 
 class ImageSpec(_Model):

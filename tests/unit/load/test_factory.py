@@ -103,8 +103,52 @@ def test_images_are_decodable_unique_and_capped() -> None:
             assert img.size == (plan.sent_width, plan.sent_height)
             assert img.size[0] * img.size[1] <= 10_000
             assert (img.format == "PNG") == (plan.format == "png") == ("png" in header)
+            assert plan.bytes == len(base64.b64decode(b64))
     assert len(set(urls)) == len(urls)
     assert f.build(2).body == f.build(2).body
+
+
+def test_image_limit_per_request_keeps_the_first_images() -> None:
+    text = (
+        "api: chat\nimages:\n  count: {dist: uniform, min: 1, max: 4}\n  format: mixed\n"
+        "  sizes:\n    - {width: 64, height: 48}\n    - {width: 40, height: 30, format: png}\n"
+    )
+    free = _factory(text)
+    capped = _factory(text, max_images_per_request=2)
+    assert capped.max_images_per_request == 2
+    counts = []
+    for i in range(20):
+        full, limited = free.build(i), capped.build(i)
+        counts.append(len(full.images))
+        # Same draws: the capped request carries the first images of the uncapped one.
+        assert limited.images == full.images[:2]
+        assert limited.body["messages"][-1]["content"] == full.body["messages"][-1]["content"][:3]
+        # The rest of the request is the same too.
+        assert limited.prompt_tokens == full.prompt_tokens
+        assert limited.max_tokens == full.max_tokens
+    assert max(counts) > 2, "the workload asked for more than the limit"
+
+
+def test_per_size_format_overrides_the_spec() -> None:
+    text = (
+        "api: chat\nimages:\n  count: 3\n  format: jpeg\n  sizes:\n"
+        "    - {width: 64, height: 48, format: png}\n    - {width: 48, height: 64}\n"
+    )
+    f = _factory(text)
+    plans = [plan for i in range(8) for plan in f.build(i).images]
+    assert {p.format for p in plans if p.width == 64} == {"png"}
+    assert {p.format for p in plans if p.width == 48} == {"jpeg"}
+
+
+def test_vlm_mixed_is_realistic_and_within_vlm_safe_image_count() -> None:
+    wl, _ = load_workload("vlm-mixed")
+    assert wl.images is not None
+    sizes = {(s.width, s.height): s.format for s in wl.images.sizes}
+    assert (4000, 3000) in sizes  # 12 MP phone photo
+    assert sizes[(1920, 1080)] == "png"  # screenshot
+    assert (2480, 3508) in sizes  # A4 at 300 dpi
+    assert (224, 224) in sizes  # thumbnail
+    assert wl.images.count.upper == 2  # vlm-safe's --limit-mm-per-prompt
 
 
 def test_make_image_deterministic() -> None:
