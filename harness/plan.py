@@ -21,6 +21,7 @@ from typing import Literal, cast
 from harness.containerplan import ENGINE_NAMES
 from harness.engines import LaunchRequest, get_adapter
 from harness.errors import PlanError
+from harness.imagelimits import image_limit_warnings
 from harness.profiles import MAX_SECONDS, PLACEHOLDERS, compose
 from harness.spec import (
     ContainerSpec,
@@ -321,6 +322,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     env.setdefault("PYTHONUNBUFFERED", "1")
 
     warnings = list(composed.warnings) + tp_warnings + adapter.warnings(launch)
+    warnings += image_limit_warnings(request.engine, argv, composed.load)
     if not in_container:
         warnings += _leaked_debug_variables(request.caller_env, env)
         if request.engine == "lmdeploy" and host.device == "cpu":
