@@ -12,7 +12,6 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from harness.errors import BadInput
 from harness.load.runner import LoadConfig
 from harness.load.workload import load_workload
 from harness.report.stats import Slo
@@ -39,18 +38,23 @@ class LoadPlan(BaseModel):
     slo_e2e_ms: float | None = None
 
     def check(self) -> LoadPlan:
-        """Validate before anything starts (exit 2 on bad input); resolves the workload path."""
-        if self.rate is None and self.concurrency is None:
-            raise BadInput("give --rate R (open loop) or --concurrency C (closed loop)")
-        if self.rate is not None and not self.rate > 0:
-            raise BadInput("--rate must be positive")
-        if self.concurrency is not None and self.concurrency < 1:
-            raise BadInput("--concurrency must be at least 1")
-        if self.requests is not None and self.requests < 1:
-            raise BadInput("--requests must be at least 1")
-        if self.duration_s is not None and not self.duration_s > 0:
-            raise BadInput("--duration must be positive")
-        _workload, path = load_workload(self.workload_path or self.workload)
+        """Validate before anything starts (exit 2 on bad input) with the load generator's
+        own rules; resolves the workload path. A soak bounds the load by its own duration."""
+        workload, path = load_workload(self.workload_path or self.workload)
+        bounded = self.duration_s is not None or self.requests is not None
+        LoadConfig(
+            workload_name=self.workload,
+            workload=workload,
+            rate=self.rate,
+            concurrency=self.concurrency,
+            duration_s=self.duration_s if bounded else 1.0,
+            requests=self.requests,
+            seed=self.seed,
+            prompt_tokens=self.prompt_tokens,
+            max_tokens=self.max_tokens,
+            stall_after_s=self.stall_after_s or 60.0,
+            slo=self.slo,
+        ).validate()
         return self.model_copy(update={"workload_path": str(path) if path else None})
 
     @property
