@@ -426,3 +426,33 @@ def test_resume_of_a_run_that_is_not_a_soak_is_refused(campaign_runs: Path) -> N
     again = run(campaign_runs, "soak", "--resume", camp.name, timeout=60)
     assert again.returncode == 2
     assert "repro-startup campaign, not a soak" in again.stderr
+
+
+def test_soak_stopped_with_ctrl_c_reports_and_can_go_on(campaign_runs: Path) -> None:
+    proc = start(campaign_runs, *soak_args(free_port(), "--duration", "20", "-c", "2"))
+    try:
+        wait_for(
+            lambda: any(campaign_runs.iterdir())
+            and (only_dir(campaign_runs) / "requests.jsonl").exists()
+            and len(indices(only_dir(campaign_runs))) >= 10,
+            timeout=120,
+            what="10 finished requests",
+        )
+        proc.send_signal(signal.SIGINT)
+        res = finish(proc, timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    camp = only_dir(campaign_runs)
+    assert res.returncode == 130, res.stderr
+    assert f"harness soak --resume {camp.name}" in res.stderr
+    assert read_json(camp / "campaign.json")["status"] == "interrupted"
+    assert (camp / "report.html").exists()
+    assert not ProcessRef.from_dict(read_json(camp / "state.json")).alive()  # type: ignore[union-attr]
+    interrupted_at = read_json(camp / "soak.json")["elapsed_s"]
+    assert interrupted_at < 20
+    res = run(campaign_runs, "soak", "--resume", camp.name, timeout=120)
+    assert res.returncode == 0, res.stderr
+    found = indices(camp)
+    assert len(found) == len(set(found))
+    assert read_json(camp / "soak.json")["elapsed_s"] >= 20
