@@ -104,6 +104,13 @@ class PlanRequest:
     gpus: str | int | list[int] | None = None
     caller_env: Mapping[str, str] = field(default_factory=dict)
     model_facts: ModelFacts | None = None
+    #: The name clients use when it is not derived from ``model`` (a hub id served from its
+    #: local copy, a sharded copy named after its source).
+    served_name: str | None = None
+    #: A pre-sharded copy to serve instead of ``model`` (vLLM: ``--load-format sharded_state``).
+    sharded_copy: str | None = None
+    #: What choosing the model's copy has to say (local copy used, sharded copies not used).
+    model_notes: tuple[str, ...] = ()
 
 
 def served_model_name(model: str) -> str:
@@ -284,6 +291,9 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
 
     extra = split_engine_args(request.engine_args)
     _check_managed(extra, adapter.managed_flags, request.engine)
+    engine_model = request.sharded_copy or request.model
+    if request.sharded_copy and request.engine == "vllm":
+        extra += ["--load-format", "sharded_state"]
     for flag in composed.args:
         if flag in adapter.managed_flags:
             raise PlanError(
@@ -304,8 +314,8 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         # the port on the requested host address only.
         bind_host = engine_bind_host(composed.container.network_mode or "host", request.host)
     launch = LaunchRequest(
-        model=request.model,
-        served_model_name=served_model_name(request.model),
+        model=engine_model,
+        served_model_name=request.served_name or served_model_name(request.model),
         tp=request.tp,
         host=bind_host,
         port=request.port,
@@ -321,7 +331,8 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     # Unbuffered output: log lines must reach server.log (and the phase display) as they happen.
     env.setdefault("PYTHONUNBUFFERED", "1")
 
-    warnings = list(composed.warnings) + tp_warnings + adapter.warnings(launch)
+    warnings = list(request.model_notes) + list(composed.warnings) + tp_warnings
+    warnings += adapter.warnings(launch)
     warnings += image_limit_warnings(request.engine, argv, composed.load)
     if not in_container:
         warnings += _leaked_debug_variables(request.caller_env, env)
@@ -356,7 +367,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         container = container_spec(
             engine=request.engine,
             device=host.device,
-            model=request.model,
+            model=engine_model,
             model_is_local_dir=request.model_is_local_dir,
             tp=request.tp,
             run_id=request.run_id,
@@ -394,6 +405,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         rlimits=dict(composed.container.ulimits),
         faults=list(request.faults),
         warnings=warnings,
+        sharded_copy=request.sharded_copy,
     )
 
 

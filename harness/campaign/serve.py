@@ -48,12 +48,17 @@ class ServeOutcome:
     log_follower_pid: int | None = None
 
 
-def prepare_run(spec: LaunchSpec) -> RunDir:
-    """Check what can be checked before anything starts, then create the run directory and
-    record the plan (the one place a run's ``launch_spec.json`` is written)."""
+def prepare_run(
+    spec: LaunchSpec, *, preflight: Callable[[LaunchSpec], None] | None = None
+) -> RunDir:
+    """Check what can be checked before anything starts (``preflight``: ``serve --preflight``'s
+    checks, raising to refuse the start), then create the run directory and record the plan
+    (the one place a run's ``launch_spec.json`` is written)."""
     check_engine_installed(spec)
     # Both runtimes listen on this host's port (host network or a published port).
     check_port_free(spec.host, spec.port)
+    if preflight is not None:
+        preflight(spec)
     run = RunDir(Path(spec.run_dir)).create()
     run.write_launch_spec(spec)
     return run

@@ -32,6 +32,9 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("soak", "soak", "soak"),
     ("compare", "compare", "compare"),
     ("report", "report", "report"),
+    ("doctor", "doctor", "doctor"),
+    ("fetch", "fetch", "fetch"),
+    ("shard", "shard", "shard"),
 ]
 
 

@@ -51,7 +51,7 @@ def plan(fmt: str, runs_dir: str | None, **kwargs: Any) -> None:
     options = pop_plan_options(kwargs)
     if fmt in {"docker", "compose"} and options["runtime"] != "docker":
         options["runtime"] = "docker"
-    spec = build_spec(options, runs_dir=runs_dir)
+    spec = build_spec(options, runs_dir=runs_dir, for_start=False)
     for warning in spec.warnings:
         click.echo(f"warning: {warning}", err=True)
     if fmt == "json":

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
 
-from harness import hostfacts
+from harness import hostfacts, modelcopies
 from harness.plan import PlanRequest, make_plan
 from harness.profiles import split_profile_list
 from harness.rundir import new_run_id, runs_root
@@ -77,6 +78,12 @@ _PLAN_OPTIONS: list[Callable[[F], F]] = [
         "--net-iface", default=None, help="Interface for the net profile (default: detected)."
     ),
     click.option("--host-ip", default=None, help="IP for the net profile (default: detected)."),
+    click.option(
+        "--fetch",
+        is_flag=True,
+        help="A hub id without a completed local copy is downloaded first (harness fetch); "
+        "without it such a plan is refused by every command that starts a server.",
+    ),
 ]
 
 
@@ -109,10 +116,16 @@ def build_spec(
     on_hang: str | None = None,
     watch: bool | None = None,
     run_id: str | None = None,
+    for_start: bool = True,
 ) -> LaunchSpec:
     """Detect host facts and plan: the one path from command-line options to a LaunchSpec.
-    ``run_id`` names the run (default: a new id from the time, engine and TP)."""
-    model, is_local = hostfacts.classify_model(options["model"])
+    ``run_id`` names the run (default: a new id from the time, engine and TP). The model's copy
+    is chosen here (:mod:`harness.modelcopies`): a hub id's local copy (fetched with
+    ``--fetch``; refused without one when ``for_start``), a matching pre-sharded copy."""
+    source = modelcopies.resolve_source(
+        options["model"], options["engine"], fetch=options.get("fetch", False), for_start=for_start
+    )
+    model, is_local = source.model, source.is_local
     # The simulated engine reads no config.json; a hub id has none here to check TP against.
     model_facts = hostfacts.model_facts(model) if is_local and options["engine"] != "sim" else None
     facts = hostfacts.detect(
@@ -143,8 +156,20 @@ def build_spec(
         gpus=_parse_gpus(options["gpus"]),
         caller_env=dict(os.environ),
         model_facts=model_facts,
+        served_name=source.served_name,
+        model_notes=source.notes,
     )
-    return make_plan(request, facts)
+    spec = make_plan(request, facts)
+    shard = modelcopies.choose_sharded(spec, facts)
+    if shard.path or shard.notes:
+        request = replace(
+            request,
+            sharded_copy=shard.path,
+            served_name=shard.served_name or request.served_name,
+            model_notes=request.model_notes + shard.notes,
+        )
+        spec = make_plan(request, facts)
+    return spec
 
 
 PLAN_OPTION_NAMES = (
@@ -162,6 +187,7 @@ PLAN_OPTION_NAMES = (
     "gpus",
     "net_iface",
     "host_ip",
+    "fetch",
 )
 
 

@@ -29,6 +29,7 @@ from harness.rundir import runs_root
     help="Seconds without a new token before a request or the canary counts as stalled.",
 )
 @click.option("--no-watch", is_flag=True, help="Do not run the hang watchdog.")
+@click.option("--preflight", is_flag=True, help="Refuse to start if a doctor check FAILs.")
 @click.option(
     "--on-hang",
     type=click.Choice(["keep", "stop", "restart"]),
@@ -42,6 +43,7 @@ def serve(
     startup_timeout: float | None,
     stall_after: float | None,
     no_watch: bool,
+    preflight: bool,
     on_hang: str | None,
     runs_dir: str | None,
     **kwargs: Any,
@@ -63,6 +65,7 @@ def serve(
     """
     from harness.campaign.serve import prepare_run
     from harness.campaign.serve import serve as serve_run
+    from harness.cli.doctor import preflight_hook
 
     console = make_console()
     spec = build_spec(
@@ -75,7 +78,7 @@ def serve(
     )
     for warning in spec.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    run = prepare_run(spec)
+    run = prepare_run(spec, preflight=preflight_hook if preflight else None)
     console.print(f"run [bold]{spec.run_id}[/] → {run.path}")
     serve_run(spec, run, console, detach=detach, observer=StartupDisplay(console, spec))
 

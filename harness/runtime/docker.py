@@ -17,6 +17,7 @@ find containers whose harness process was killed (orphans).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -1000,3 +1001,187 @@ def docker_down(
     with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
         names = list(pool.map(down, containers))
     return sorted(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# Task containers: another command in a container made from a server's plan
+
+
+#: Label marking a task container (``doctor``, ``shard``) apart from servers.
+LABEL_TASK = "harness.task"
+
+
+class TaskContainer:
+    """A short-lived container created exactly like a plan's server (image, IPC, shm, caps,
+    ulimits, network, GPUs, mounts, labels) but running ``argv``: ``harness doctor``'s probes
+    run where the server will, ``harness shard`` saves with the server's engine. No port is
+    published (it serves nothing). Use it as a context manager: it is removed on exit."""
+
+    def __init__(self, client: docker.DockerClient, container: Container) -> None:
+        self.client = client
+        self.container = container
+        self.name = str(container.name)
+
+    @classmethod
+    def start(
+        cls,
+        spec: LaunchSpec,
+        argv: list[str],
+        *,
+        task: str,
+        volumes: Mapping[str, tuple[str, str]] | None = None,
+        drop_targets: tuple[str, ...] = (),
+        env: Mapping[str, str] | None = None,
+        client: docker.DockerClient | None = None,
+    ) -> TaskContainer:
+        """Create and start the task container; ``volumes`` add or replace mounts
+        (``{host_path: (container_path, "ro"|"rw")}``, replacing any mount of the same target);
+        ``drop_targets`` leaves mounts out (a run directory that must not be created)."""
+        c = _require_container(spec)
+        client = client or docker_client()
+        _ensure_image(client, c.image)
+        kwargs = create_kwargs(spec, caller_env=os.environ)
+        kwargs.pop("ports", None)
+        mounts: dict[str, dict[str, str]] = {
+            source: mount
+            for source, mount in kwargs["volumes"].items()
+            if mount["bind"] not in drop_targets
+        }
+        for source, (target, mode) in (volumes or {}).items():
+            for old in [s for s, m in mounts.items() if m["bind"] == target]:
+                del mounts[old]
+            mounts[source] = {"bind": target, "mode": mode}
+        kwargs.update(
+            name=f"{c.name}-{task}",
+            entrypoint=[argv[0]],
+            command=list(argv[1:]),
+            volumes=mounts,
+            environment={**kwargs["environment"], **(env or {})},
+            labels={**kwargs["labels"], LABEL_TASK: task},
+        )
+        try:
+            container = client.containers.create(**kwargs)
+        except APIError as exc:
+            raise _create_problem(exc, c) from None
+        except requests.RequestException as exc:
+            raise DockerProblem(
+                f"creating container {kwargs['name']} failed: {_explain(exc)}"
+            ) from None
+        try:
+            container.start()
+        except BaseException as exc:
+            _remove_quietly(container)
+            if isinstance(exc, APIError):
+                raise _start_problem(exc, c) from None
+            if isinstance(exc, requests.RequestException):
+                raise DockerProblem(
+                    f"starting container {kwargs['name']} failed: {_explain(exc)}"
+                ) from None
+            raise
+        return cls(client, container)
+
+    def __enter__(self) -> TaskContainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def wait(self, timeout_s: float) -> int | None:
+        """The exit code, or None when it is still running after ``timeout_s``."""
+        try:
+            result = self.container.wait(timeout=max(1, math.ceil(timeout_s)))
+        except (requests.RequestException, APIError):
+            return None
+        except NotFound:
+            return -1
+        return int(result.get("StatusCode", -1))
+
+    def output(self) -> str:
+        """Everything the command wrote so far (stdout and stderr)."""
+        try:
+            data: bytes = self.container.logs(stdout=True, stderr=True)
+        except (APIError, NotFound, requests.RequestException) as exc:
+            return f"[harness] no logs: {_explain(exc)}"
+        return data.decode("utf-8", errors="replace")
+
+    def host_pid(self) -> int | None:
+        """Host PID of the command (the init process's child)."""
+        try:
+            self.container.reload()
+            init = int(self.container.attrs.get("State", {}).get("Pid") or 0)
+        except (APIError, NotFound, requests.RequestException):
+            return None
+        if init <= 0:
+            return None
+        try:
+            children = psutil.Process(init).children()
+        except psutil.Error:
+            return None
+        return children[0].pid if children else init
+
+    def exec(self, argv: list[str], timeout_s: float) -> tuple[int, str]:
+        """Run ``argv`` inside (``docker exec``); ``(-1, why)`` when it failed to run or took
+        longer than ``timeout_s`` (it is then left to die with the container)."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                result = self.container.exec_run(argv, stdout=True, stderr=True)
+                output = result.output if isinstance(result.output, bytes) else b""
+                box["result"] = (int(result.exit_code or 0), output.decode(errors="replace"))
+            except (APIError, NotFound, requests.RequestException) as exc:
+                box["result"] = (-1, f"docker exec failed: {_explain(exc)}")
+
+        thread = threading.Thread(target=run, name=f"exec-{self.name}", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        result: tuple[int, str] = box.get("result", (-1, f"no answer within {timeout_s:.0f} s"))
+        return result
+
+    def remove(self, grace_s: float = 2.0) -> None:
+        """Stop (SIGTERM, SIGKILL after ``grace_s``) and remove; safe to call twice."""
+        with contextlib.suppress(DockerProblem):
+            _stop_and_remove(self.container, grace_s)
+
+
+def docker_version(client: docker.DockerClient | None = None) -> str | None:
+    """The Docker engine's version, or None when it cannot be asked."""
+    try:
+        client = client or docker_client(timeout_s=10)
+        return str(client.version().get("Version"))
+    except (DockerProblem, APIError, requests.RequestException):
+        return None
+
+
+def image_distribution_versions(
+    image: str, distributions: list[str], *, timeout_s: float = 60.0
+) -> dict[str, str]:
+    """Versions of Python distributions installed in ``image`` (package metadata, read by the
+    image's ``python3`` in a throwaway container with no network); ``{}`` when it cannot tell."""
+    script = (
+        "import json, sys\nfrom importlib import metadata\nout = {}\n"
+        "for name in sys.argv[1:]:\n    try:\n        out[name] = metadata.version(name)\n"
+        "    except metadata.PackageNotFoundError:\n        pass\nprint(json.dumps(out))\n"
+    )
+    try:
+        client = docker_client(timeout_s=timeout_s)
+        _ensure_image(client, image)
+        container = client.containers.create(
+            image,
+            entrypoint=["python3", "-c", script],
+            command=list(distributions),
+            network_mode="none",
+            labels={LABEL_TASK: "versions"},
+        )
+    except (DockerProblem, APIError, requests.RequestException):
+        return {}
+    try:
+        container.start()
+        container.wait(timeout=max(1, math.ceil(timeout_s)))
+        text = container.logs(stdout=True, stderr=False).decode(errors="replace")
+        data = json.loads(text.strip().splitlines()[-1])
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (APIError, NotFound, requests.RequestException, ValueError, IndexError):
+        return {}
+    finally:
+        _remove_quietly(container)

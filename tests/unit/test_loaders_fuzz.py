@@ -2,8 +2,9 @@
 a BadInput subclass (one line, exit code 2), never any other exception.
 
 Loaders: profiles, workloads, the JSONL and ShareGPT prompt files workloads name, a model's
-config.json. Inputs: arbitrary bytes; YAML and JSON documents built from the keys the schemas
-know (so validation runs deep, not only the parser); YAML-flavoured text.
+config.json, a pre-sharded copy's harness-shard.json. Inputs: arbitrary bytes; YAML and JSON
+documents built from the keys the schemas know (so validation runs deep, not only the parser);
+YAML-flavoured text.
 ``HARNESS_FUZZ_EXAMPLES=5000`` searches harder than the default.
 """
 
@@ -27,6 +28,7 @@ from harness.load import workload as workload_module
 from harness.load.workload import MAX_LENGTH, PromptSpec, load_workload, read_prompt_file
 from harness.plan import HostFacts, PlanRequest, make_plan
 from harness.profiles import load_profile
+from harness.shard.store import META_FILE, read_meta
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HARNESS_FUZZ_EXAMPLES", "60")),
@@ -165,12 +167,18 @@ def _model_config(d: Path, data: bytes) -> object:
     return facts
 
 
+def _shard_meta(d: Path, data: bytes) -> object:
+    _write(d / "shard" / META_FILE, data)
+    return read_meta(d / "shard")
+
+
 LOADERS: dict[str, tuple[Callable[[Path, bytes], object], Any]] = {
     "profile": (_profile, yaml_documents | yaml_flavoured | profile_settings),
     "workload": (_workload, yaml_documents | yaml_flavoured | workload_settings),
     "jsonl prompt file": (_prompts("jsonl"), jsonl_documents),
     "sharegpt prompt file": (_prompts("sharegpt"), json_documents),
     "model config.json": (_model_config, json_documents),
+    "shard metadata": (_shard_meta, json_documents),
 }
 
 
