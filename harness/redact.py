@@ -176,3 +176,20 @@ def redact_launch_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(env, Mapping):
         out["env"] = redactor.env({str(k): str(v) for k, v in env.items()})
     return out
+
+
+def restore_masked_env(env: Mapping[str, str], source: Mapping[str, str]) -> dict[str, str]:
+    """``env`` read back from a redacted file, its masked values taken from ``source``.
+
+    A process that re-reads ``launch_spec.json`` to start the server again (a detached
+    watcher restarting after a hang) gets masks, not secrets; its parent passes the secret
+    variables in its environment (never in argv or a file), and this puts them back.
+    A mask without a value in ``source`` is dropped rather than passed on as the secret.
+    """
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if value != MASK:
+            out[name] = value
+        elif name in source:
+            out[name] = source[name]
+    return out

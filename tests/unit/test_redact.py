@@ -6,7 +6,13 @@ import json
 from pathlib import Path
 
 from harness.plan import HostFacts, PlanRequest, make_plan
-from harness.redact import MASK, Redactor, redact_launch_spec, secret_arguments
+from harness.redact import (
+    MASK,
+    Redactor,
+    redact_launch_spec,
+    restore_masked_env,
+    secret_arguments,
+)
 from harness.rundir import RunDir
 
 KEY = "sk-flag-secret-0123456789"
@@ -75,3 +81,9 @@ def test_write_launch_spec_holds_no_secret(tmp_path: Path) -> None:
     assert written["argv"] == spec.argv  # nothing else changed
     run.write_state(argv=["lmdeploy", "--api-keys", KEY], pid=1)
     assert KEY not in run.state.read_text() and run.read_state()["pid"] == 1
+
+
+def test_restore_masked_env_from_the_environment() -> None:
+    env = {"VLLM_API_KEY": MASK, "HF_TOKEN": MASK, "PATH": "/bin"}
+    restored = restore_masked_env(env, {"VLLM_API_KEY": KEY})
+    assert restored == {"VLLM_API_KEY": KEY, "PATH": "/bin"}  # a mask is never passed on
