@@ -69,6 +69,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny VLM, built once per session with ``harness tiny-model --kind vlm``."""
+    require(have_module("transformers") and have_module("torch"), "transformers + torch")
+    cached = os.environ.get("HARNESS_TEST_TINY_VLM")
+    if cached and (Path(cached) / "config.json").exists():
+        return Path(cached)
+    out = tmp_path_factory.mktemp("tiny") / "tiny-vlm"
+    subprocess.run(
+        [sys.executable, "-m", "harness", "tiny-model", str(out), "--kind", "vlm"],
+        check=True,
+        timeout=300,
+    )
+    return out
+
+
 @pytest.fixture
 def runs_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "runs"
