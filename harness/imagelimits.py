@@ -113,8 +113,8 @@ def image_limit_warnings(engine: str, argv: Sequence[str], load: LoadLimits) -> 
         if load.max_image_pixels is not None:
             warnings.append(
                 f"harness load caps images at {load.max_image_pixels} pixels, but LMDeploy has "
-                "no server-side pixel limit: other clients' images reach the vision encoder at "
-                "the model's own processor limit"
+                "no server-side pixel limit (only a request's own mm_processor_kwargs): other "
+                "clients' images reach the vision encoder at the model's processor limit"
             )
         return warnings
     server = server_image_limits(engine, argv)

@@ -60,6 +60,10 @@ def test_vllm_parser_accepts_plan(vllm_parser, tp: int, profile: str, host: str)
     assert args.model == "/models/tiny"
     if profile in {"debug", "eager"}:
         assert args.enforce_eager is True
+    if profile == "vlm-safe":
+        # vLLM parses both JSON values; the load side's cap is the same number.
+        assert args.limit_mm_per_prompt["image"] == 2
+        assert args.mm_processor_kwargs == {"max_pixels": 1003520}
 
 
 def test_vllm_parser_rejects_unknown_flag(vllm_parser) -> None:  # type: ignore[no-untyped-def]
@@ -78,7 +82,8 @@ for argv in json.load(sys.stdin):
     try:
         a = CLI.parser.parse_args(argv)
         out.append({"ok": True, "tp": a.tp, "model_path": a.model_path, "log_level": a.log_level,
-                    "eager_mode": getattr(a, "eager_mode", None), "server_port": a.server_port})
+                    "eager_mode": getattr(a, "eager_mode", None), "server_port": a.server_port,
+                    "vision_max_batch_size": getattr(a, "vision_max_batch_size", None)})
     except SystemExit as exc:
         out.append({"ok": False, "code": exc.code})
 print(json.dumps(out))
@@ -109,6 +114,12 @@ def test_lmdeploy_parser_accepts_plan() -> None:
         if profile == "debug":
             assert result["log_level"] == "DEBUG"
             assert result["eager_mode"] is True
+        if profile == "vlm-safe":
+            # The VLM path's vision batch: one image through the vision encoder at a time
+            # (LMDeploy 0.18's default too; the profile pins it against a larger one).
+            argv = plan_argv("lmdeploy", tp, profile, "cuda")
+            assert argv[argv.index("--vision-max-batch-size") + 1] == "1"
+            assert result["vision_max_batch_size"] == 1
 
 
 @pytest.mark.integration
