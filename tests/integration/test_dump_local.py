@@ -19,9 +19,14 @@ from tests.conftest import REPO, require
 pytestmark = pytest.mark.integration
 
 HARNESS = [sys.executable, "-m", "harness"]
-TREE = """
-import subprocess, sys, threading, time
-kids = [subprocess.Popen([sys.executable, "-c", "import time\\ndef sleeper():\\n    time.sleep(900)\\nsleeper()"]) for _ in range(2)]
+# Every Python child says it is ready (imports done, in sleeper()) before the parent does.
+KID = "import time\ndef sleeper():\n    print('ready', flush=True)\n    time.sleep(900)\nsleeper()"
+TREE = f"""
+import subprocess, sys, time
+kids = [subprocess.Popen([sys.executable, "-c", {KID!r}], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)]
+for kid in kids:
+    assert kid.stdout.readline().strip() == "ready"
 shell = subprocess.Popen(["sleep", "900"])
 print("ready", flush=True)
 time.sleep(900)
@@ -33,13 +38,14 @@ def tree() -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True, start_new_session=True
     )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.5)  # let the children finish importing before py-spy reads them
-    yield proc
-    os.killpg(proc.pid, signal.SIGCONT)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
@@ -140,17 +146,18 @@ def test_gloo_deadlock_inside_a_container(tmp_path: Path) -> None:
         timeout=120,
     )
     try:
+        # Both ranks say so just before they block: rank 1 skips its all_reduce, rank 0 waits in it.
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             logs = subprocess.run(
                 ["docker", "logs", name], capture_output=True, text=True, timeout=30
             )
-            if "rank 0 step 2" in logs.stdout + logs.stderr:
+            out = logs.stdout + logs.stderr
+            if "rank 0 step 3: enters all_reduce" in out and "rank 1 step 3: waits" in out:
                 break
             time.sleep(1)
         else:
-            pytest.fail("the deadlock program never reached step 2")
-        time.sleep(3)  # step 3: rank 1 skips its all_reduce, rank 0 waits in it
+            pytest.fail("the deadlock program never reached its hang")
         runs = tmp_path / "runs"
         out = subprocess.run(
             [*HARNESS, "dump", "--runs-dir", str(runs), "--container", name, "--gap", "1"],
