@@ -7,8 +7,9 @@ local directory:
 
 - only what serving needs: config, tokenizer, chat template, remote code, and the weights in
   safetensors when the repository has them (not also the ``.bin`` copies);
-- resumable: ``huggingface_hub`` keeps partial files under ``DEST/.cache/huggingface`` and asks
-  for the rest with a Range request; run the same command again after an interruption;
+- resumable: each file is downloaded (``huggingface_hub``'s ``http_get``) into a partial file
+  under ``DEST/.harness-partial`` that survives an interruption; the same command run again asks
+  for the rest with a Range request;
 - verified: every file's size, and its hash where the hub gives one (SHA-256 of LFS files, the
   git blob id of the others); a file that does not match is removed and the fetch fails;
 - finished with ``harness-fetch.json`` written last: a directory with that file is a completed
@@ -38,6 +39,8 @@ from harness.userfiles import human_size
 
 MODELS_DIR_ENV = "HARNESS_MODELS_DIR"
 MARKER = "harness-fetch.json"
+#: Partial downloads, kept across runs so an interrupted fetch resumes.
+PARTIAL_DIR = ".harness-partial"
 HF_DEFAULT_ENDPOINT = "https://huggingface.co"
 MODELSCOPE_DEFAULT_ENDPOINT = "https://www.modelscope.cn"
 #: Seconds the first request to a hub may take (connect, then the whole answer).
@@ -202,10 +205,10 @@ def check_space(dest: Path, needed: int) -> None:
 
 
 def _partial_bytes(dest: Path) -> int:
-    cache = dest / ".cache" / "huggingface" / "download"
-    if not cache.is_dir():
+    partial = dest / PARTIAL_DIR
+    if not partial.is_dir():
         return 0
-    return sum(p.stat().st_size for p in cache.rglob("*.incomplete") if p.is_file())
+    return sum(p.stat().st_size for p in partial.rglob("*.part") if p.is_file())
 
 
 def write_marker(dest: Path, data: dict[str, object]) -> None:
@@ -294,18 +297,38 @@ def list_hf(model_id: str, commit: str) -> list[RemoteFile]:
     return files
 
 
-def download_hf(model_id: str, commit: str, dest: Path, files: list[str]) -> None:
-    from huggingface_hub import snapshot_download
+def download_hf(model_id: str, commit: str, dest: Path, files: list[RemoteFile]) -> None:
+    """Download ``files`` at ``commit`` into ``dest``, each through a partial file kept in
+    ``dest/.harness-partial`` across runs: an interrupted fetch resumes with a Range request
+    where that file stopped (huggingface_hub's own snapshot download starts every file again).
+    A file already in place with its size is not downloaded again."""
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils._headers import build_hf_headers
 
-    snapshot_download(
-        model_id,
-        revision=commit,
-        local_dir=dest,
-        allow_patterns=files,
-        endpoint=hf_endpoint(),
-        token=_hf_token(),
-        max_workers=4,
-    )
+    headers = build_hf_headers(token=_hf_token(), library_name="harness")
+    for item in files:
+        final = dest / item.path
+        if final.is_file() and final.stat().st_size == item.size:
+            continue
+        partial = dest / PARTIAL_DIR / (item.path + ".part")
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if partial.is_file() and partial.stat().st_size > item.size:
+            partial.unlink()  # not a prefix of this file: start again
+        url = hf_hub_url(model_id, item.path, revision=commit, endpoint=hf_endpoint())
+        # Unbuffered: every chunk received is on disk, so a killed fetch loses nothing it wrote.
+        with open(partial, "ab", buffering=0) as out:
+            http_get(
+                url,
+                out,
+                resume_size=out.tell(),
+                headers=headers,
+                expected_size=item.size,
+                displayed_filename=item.path,
+            )
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)
+    shutil.rmtree(dest / PARTIAL_DIR, ignore_errors=True)
 
 
 # -------------------------------------------------------------------------------- modelscope
@@ -441,7 +464,7 @@ def fetch(
     )
     try:
         if source == "hf":
-            download_hf(model, commit, target, [f.path for f in files])
+            download_hf(model, commit, target, files)
         else:
             download_modelscope(model, revision, target, [f.path for f in files])
     except HarnessError:
