@@ -32,6 +32,9 @@ def test_parse_threads_and_frames() -> None:
 
 def test_where_real_vllm_processes_wait() -> None:
     assert wait_of("vllm_worker_tp0_all_reduce.txt") == "all_reduce"
+    # vLLM TP=2 without --enforce-eager (compiled graph), Worker_TP1 stopped: Worker_TP0's
+    # only sign of the collective is native (c10d::wait_tensor); it used to read execute_model.
+    assert wait_of("vllm_worker_tp0_compiled_wait_tensor.txt") == "wait_tensor"
     assert wait_of("vllm_enginecore_collective_rpc.txt") == "collective_rpc"
     assert wait_of("vllm_api_server.txt") == "the event loop"
     assert wait_of("vllm_worker_idle.txt") == "dequeue"
