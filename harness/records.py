@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,16 @@ def append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
         fh.flush()
+
+
+def write_jsonl(path: Path, records: Sequence[Mapping[str, Any]]) -> Path:
+    """Replace ``path`` with one line per record, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:

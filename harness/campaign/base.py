@@ -40,6 +40,8 @@ class Slot:
     engine: str | None = None
     tp: int | None = None
     profiles: tuple[str, ...] | None = None
+    #: Added to the command's port: SLURM array tasks may share a node.
+    port_offset: int = 0
 
 
 #: Plans one server of a campaign (the CLI closes it over the command's plan options).

@@ -23,11 +23,12 @@ from harness.campaign.loadplan import LoadPlan
 from harness.campaign.server import launch, startup_message
 from harness.campaign.session import load_under_watch
 from harness.campaign.signals import Terminated, terminate_on_signals
-from harness.records import append_jsonl, iter_jsonl, write_json
+from harness.campaign.slurm import RECORD, SlurmOptions, run_array
+from harness.records import append_jsonl, iter_jsonl, write_json, write_jsonl
 from harness.report.aggregate import finished_at
 from harness.report.compare import compare_summary
 from harness.report.data import CELLS_FILE, load_cells
-from harness.report.slo import Criterion
+from harness.report.slo import Criterion, parse_slo
 from harness.rundir import RunDir
 from harness.runtime.base import ServerHandle
 from harness.runtime.local import check_port_free
@@ -106,7 +107,7 @@ def run_compare(
                     step += 1
                     progress.step = step
                     progress.label = f"{cell.label} r{repeat} ({step}/{total})"
-                    record = _run_cell(
+                    record = run_cell(
                         run,
                         cell,
                         repeat,
@@ -119,7 +120,7 @@ def run_compare(
                         capture_options,
                     )
                     append_jsonl(run.path / CELLS_FILE, record)
-                    _print_cell(console, record)
+                    print_cell(console, record)
                     write_summary(run, cells, status="running")
     except (KeyboardInterrupt, Terminated):
         status = "interrupted"
@@ -133,7 +134,7 @@ def run_compare(
     return summary
 
 
-def _run_cell(
+def run_cell(
     run: RunDir,
     cell: Cell,
     repeat: int,
@@ -143,8 +144,11 @@ def _run_cell(
     console: Console,
     progress: Progress,
     live: list[ServerHandle],
-    capture_options: CaptureOptions | None,
+    capture_options: CaptureOptions | None = None,
+    port_offset: int = 0,
 ) -> dict[str, Any]:
+    """One cell-repeat: start its server, load it under the watchdog, maybe search the SLO,
+    stop it. Returns its record (a line of ``cells.jsonl``)."""
     spec = planner(
         Slot(
             run_id=f"r{repeat}",
@@ -153,6 +157,7 @@ def _run_cell(
             engine=cell.engine,
             tp=cell.tp,
             profiles=cell.profiles,
+            port_offset=port_offset,
         )
     )
     check_port_free(spec.host, spec.port)
@@ -235,6 +240,103 @@ def _run_cell(
     return record
 
 
+def task_cell(cells: list[Cell], index: int) -> tuple[Cell, int]:
+    """Array task ``index`` (1-based) -> (cell, repeat), in the local order (r1 of every cell,
+    then r2, ...)."""
+    return cells[(index - 1) % len(cells)], (index - 1) // len(cells) + 1
+
+
+def cell_record_path(run: RunDir, cell: Cell, repeat: int) -> Path:
+    """Where a SLURM array task leaves the record of a cell-repeat."""
+    return run.path / "cells" / cell.key / f"r{repeat}" / RECORD
+
+
+def cells_of(run: RunDir) -> list[Cell]:
+    """The campaign's cells, as recorded in campaign.json."""
+    return [
+        Cell(str(c["engine"]), int(c["tp"]), tuple(c["profiles"]), str(c["label"]))
+        for c in read_campaign(run).get("options", {}).get("cells", [])
+    ]
+
+
+def compare_task(run: RunDir, planner: Planner, index: int, *, console: Console) -> dict[str, Any]:
+    """Cell-repeat ``index`` as one SLURM array task, its record written for the gatherer."""
+    options = read_campaign(run).get("options", {})
+    cells = cells_of(run)
+    cell, repeat = task_cell(cells, index)
+    plan = LoadPlan.model_validate(options.get("load", {}))
+    compare = CompareOptions(
+        repeats=int(options.get("repeats", 1)),
+        slo=tuple(parse_slo(",".join(options["slo_text"]))) if options.get("slo_text") else (),
+        slo_max_probes=int(options.get("slo_probes", 7)),
+        slo_probe_s=float(options.get("slo_probe_seconds", 20.0)),
+    )
+    record = run_cell(
+        run,
+        cell,
+        repeat,
+        planner,
+        plan,
+        compare,
+        console,
+        Progress("compare"),
+        [],
+        port_offset=index - 1,
+    )
+    write_json(cell_record_path(run, cell, repeat), record)
+    print_cell(console, record)
+    return record
+
+
+def run_compare_slurm(
+    run: RunDir,
+    cells: list[Cell],
+    options: CompareOptions,
+    slurm: SlurmOptions,
+    *,
+    console: Console,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The matrix as a SLURM job array, one task per cell-repeat; gathered into the same
+    ``cells.jsonl``, summary and report as a local run."""
+    tasks = len(cells) * options.repeats
+
+    def submitted(job: str) -> None:
+        update_campaign(run, slurm_job=job)
+        console.print(f"submitted SLURM job {job}: {tasks} array task(s)")
+
+    def progressed(text: str, done: int) -> None:
+        progress.phase, progress.step = text, done
+
+    records, status = run_array(
+        run.path,
+        tasks,
+        lambda n: cell_record_path(run, *task_cell(cells, n)),
+        slurm,
+        job_name=f"harness-{run.run_id}",
+        on_progress=progressed,
+        on_submitted=submitted,
+    )
+    lines: list[dict[str, Any]] = []
+    for n, record in enumerate(records, start=1):
+        cell, repeat = task_cell(cells, n)
+        line = {
+            "cell": cell.key,
+            "label": cell.label,
+            **cell.to_dict(),
+            "repeat": repeat,
+            "run_dir": f"cells/{cell.key}/r{repeat}",
+            "startup": "lost",
+            **record,
+        }
+        lines.append(line)
+        print_cell(console, line)
+    write_jsonl(run.path / CELLS_FILE, lines)
+    summary = write_summary(run, cells, status=status)
+    update_campaign(run, status=status, ended_at=time.time())
+    return summary
+
+
 def _request_span(crun: RunDir) -> tuple[float | None, float | None]:
     """First send and last finish (wall clock) among a run's records."""
     first: float | None = None
@@ -279,14 +381,23 @@ def write_summary(run: RunDir, cells: list[Cell], *, status: str) -> dict[str, A
             for rep in c.repeats
             if rep.get("slo_search") is not None
         },
+        "lost": [
+            {k: rep.get(k) for k in ("cell", "repeat", "outcome", "detail", "slurm_job")}
+            for c in data
+            for rep in c.repeats
+            if rep.get("startup") == "lost"
+        ],
         "campaign": {"id": run.run_id, "status": status},
     }
     write_json(run.summary, summary)
     return summary
 
 
-def _print_cell(console: Console, record: dict[str, Any]) -> None:
+def print_cell(console: Console, record: dict[str, Any]) -> None:
     head = f"{record['label']} r{record['repeat']}:"
+    if record["startup"] == "lost":
+        console.print(f"{head} [bold red]{record.get('outcome')}[/] {record.get('detail') or ''}")
+        return
     if record["startup"] != "healthy":
         console.print(f"{head} [bold red]startup {record['startup']}[/] {record.get('detail')}")
         return

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 from harness.campaign.base import Planner, Progress, Slot, update_campaign
 from harness.campaign.server import launch, startup_message
 from harness.campaign.signals import Terminated, terminate_on_signals
+from harness.campaign.slurm import RECORD, SlurmOptions, run_array
 from harness.engines import get_adapter
-from harness.records import append_jsonl, iter_jsonl, write_json
+from harness.records import append_jsonl, iter_jsonl, write_json, write_jsonl
 from harness.report.startup import startup_summary
 from harness.rundir import RunDir
 from harness.runtime.base import ServerHandle
@@ -41,6 +42,65 @@ class ReproOptions:
     until_hang: bool = False
 
 
+def one_start(
+    run: RunDir,
+    planner: Planner,
+    n: int,
+    *,
+    keep_if_hung: bool = False,
+    progress: Progress | None = None,
+    live: list[ServerHandle] | None = None,
+    capture_options: CaptureOptions | None = None,
+    port_offset: int = 0,
+) -> dict[str, Any]:
+    """Start number ``n`` of the campaign in ``run``: plan, launch, capture a failed start,
+    stop (unless ``keep_if_hung`` and the plan keeps hung servers). Returns its record (a line
+    of ``starts.jsonl``); ``record["kept"]`` says the server was left running."""
+    live = live if live is not None else []
+    spec = planner(
+        Slot(run_id=f"{n:03d}", runs_root=run.path / "starts", index=n, port_offset=port_offset)
+    )
+    # The previous start's server must have let go of the port.
+    check_port_free(spec.host, spec.port)
+    start_run = RunDir(Path(spec.run_dir)).create()
+    start_run.write_launch_spec(spec)
+    began = time.time()
+    started = launch(
+        spec,
+        start_run,
+        observer=progress,
+        console=None,
+        capture=True,
+        capture_options=capture_options,
+        on_started=live.append,
+    )
+    result = started.startup
+    outcome = _OUTCOME[result.outcome]
+    record: dict[str, Any] = {
+        "n": n,
+        "run_id": spec.run_id,
+        "run_dir": str(start_run.path.relative_to(run.path)),
+        "started_at": round(began, 3),
+        "outcome": outcome,
+        "ready_s": round(result.elapsed_s, 3) if result.healthy else None,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "phases": {name: round(at, 3) for name, at in result.phases},
+        "last_phase": result.phases[-1][0] if result.phases else None,
+        "phase_order": [phase.name for phase in get_adapter(spec.engine).startup_phases],
+        "detail": None if result.healthy else startup_message(spec, result),
+        "exit_code": result.exit_code,
+        "incident": str(started.incident.path.relative_to(run.path)) if started.incident else None,
+    }
+    if outcome == "hang" and keep_if_hung and spec.watch.on_hang == "keep":
+        record["kept"] = True
+    else:
+        stop_began = time.monotonic()
+        started.handle.stop()
+        record["stop_s"] = round(time.monotonic() - stop_began, 3)
+    live.clear()
+    return record
+
+
 def run_repro(
     run: RunDir,
     planner: Planner,
@@ -57,61 +117,28 @@ def run_repro(
     live: list[ServerHandle] = []
     status = "done"
     kept: str | None = None
-    phase_order: list[str] = []
     try:
         with terminate_on_signals():
             for n in range(1, options.runs + 1):
                 progress.step, progress.label = n, f"start {n}/{options.runs}"
-                spec = planner(Slot(run_id=f"{n:03d}", runs_root=run.path / "starts", index=n))
-                phase_order = [phase.name for phase in get_adapter(spec.engine).startup_phases]
-                # The previous start's server must have let go of the port.
-                check_port_free(spec.host, spec.port)
-                start_run = RunDir(Path(spec.run_dir)).create()
-                start_run.write_launch_spec(spec)
-                began = time.time()
-                started = launch(
-                    spec,
-                    start_run,
-                    observer=progress,
-                    console=None,
-                    capture=True,
+                record = one_start(
+                    run,
+                    planner,
+                    n,
+                    keep_if_hung=options.until_hang,
+                    progress=progress,
+                    live=live,
                     capture_options=capture_options,
-                    on_started=live.append,
                 )
-                result = started.startup
-                outcome = _OUTCOME[result.outcome]
-                record = {
-                    "n": n,
-                    "run_id": spec.run_id,
-                    "run_dir": str(start_run.path.relative_to(run.path)),
-                    "started_at": round(began, 3),
-                    "outcome": outcome,
-                    "ready_s": round(result.elapsed_s, 3) if result.healthy else None,
-                    "elapsed_s": round(result.elapsed_s, 3),
-                    "phases": {name: round(at, 3) for name, at in result.phases},
-                    "last_phase": result.phases[-1][0] if result.phases else None,
-                    "detail": None if result.healthy else startup_message(spec, result),
-                    "exit_code": result.exit_code,
-                    "incident": str(started.incident.path.relative_to(run.path))
-                    if started.incident
-                    else None,
-                }
-                keep = outcome == "hang" and options.until_hang and spec.watch.on_hang == "keep"
-                if keep:
-                    kept = spec.run_id
-                    live.clear()
-                else:
-                    stop_began = time.monotonic()
-                    started.handle.stop()
-                    live.clear()
-                    record["stop_s"] = round(time.monotonic() - stop_began, 3)
                 append_jsonl(starts_file, record)
-                if outcome != "healthy":
+                if record.get("kept"):
+                    kept = record["run_id"]
+                if record["outcome"] != "healthy":
                     progress.incidents += 1
-                    progress.hangs += outcome == "hang"
-                _print_start(console, record, options.runs, run)
-                write_summary(run, phase_order)
-                if outcome == "hang" and options.until_hang:
+                    progress.hangs += record["outcome"] == "hang"
+                print_start(console, record, options.runs, run)
+                write_summary(run)
+                if record["outcome"] == "hang" and options.until_hang:
                     break
     except (KeyboardInterrupt, Terminated):
         status = "interrupted"
@@ -119,7 +146,7 @@ def run_repro(
     finally:
         for handle in live:
             handle.stop()
-    summary = write_summary(run, phase_order, status=status)
+    summary = write_summary(run, status=status)
     if kept:
         summary["kept"] = kept
         console.print(
@@ -130,26 +157,81 @@ def run_repro(
     return summary
 
 
-def write_summary(
-    run: RunDir, phase_order: list[str], *, status: str = "running"
+def start_record_path(run: RunDir, n: int) -> Path:
+    """Where a SLURM array task leaves the record of start ``n``."""
+    return run.path / "starts" / f"{n:03d}" / RECORD
+
+
+def repro_task(run: RunDir, planner: Planner, n: int) -> dict[str, Any]:
+    """Start ``n`` as one SLURM array task: its own port (tasks may share a node), the record
+    written where the submitting harness gathers it."""
+    record = one_start(run, planner, n, port_offset=n - 1)
+    write_json(start_record_path(run, n), record)
+    return record
+
+
+def run_repro_slurm(
+    run: RunDir,
+    options: ReproOptions,
+    slurm: SlurmOptions,
+    *,
+    console: Console,
+    progress: Progress,
 ) -> dict[str, Any]:
+    """The campaign as a SLURM job array, one task per start; gathered into the same
+    ``starts.jsonl``, summary and report as a local run."""
+
+    def submitted(job: str) -> None:
+        update_campaign(run, slurm_job=job)
+        console.print(f"submitted SLURM job {job}: {options.runs} array task(s)")
+
+    def progressed(text: str, done: int) -> None:
+        progress.phase, progress.step = text, done
+
+    records, status = run_array(
+        run.path,
+        options.runs,
+        lambda n: start_record_path(run, n),
+        slurm,
+        job_name=f"harness-{run.run_id}",
+        on_progress=progressed,
+        on_submitted=submitted,
+    )
+    for n, record in enumerate(records, start=1):
+        record.setdefault("n", n)
+        record.setdefault("run_dir", f"starts/{n:03d}")
+        print_start(console, record, options.runs, run)
+    write_jsonl(run.path / STARTS_FILE, records)
+    summary = write_summary(run, status=status)
+    update_campaign(run, status=status, ended_at=time.time())
+    return summary
+
+
+def write_summary(run: RunDir, *, status: str = "running") -> dict[str, Any]:
     """Recompute ``summary.json`` from ``starts.jsonl`` (phases in the engine's order)."""
     starts = list(iter_jsonl(run.path / STARTS_FILE))
+    phase_order: list[str] = next((s["phase_order"] for s in starts if s.get("phase_order")), [])
     summary = {
         "kind": "repro-startup",
         "startup": startup_summary(starts, phase_order),
         "incidents": [s["incident"] for s in starts if s.get("incident")],
+        "lost": [
+            {"n": s["n"], "outcome": s["outcome"], "detail": s.get("detail")}
+            for s in starts
+            if s.get("outcome") not in ("healthy", "hang", "crash")
+        ],
         "campaign": {"id": run.run_id, "status": status},
     }
     write_json(run.summary, summary)
     return summary
 
 
-def _print_start(console: Console, record: dict[str, Any], total: int, run: RunDir) -> None:
+def print_start(console: Console, record: dict[str, Any], total: int, run: RunDir) -> None:
     n = record["n"]
     if record["outcome"] == "healthy":
         console.print(f"start {n}/{total}: healthy in {record['ready_s']:.1f} s")
         return
     where = f" → {run.path / record['incident']}" if record.get("incident") else ""
-    label = "HANG" if record["outcome"] == "hang" else "CRASH"
-    console.print(f"start {n}/{total}: [bold red]{label}[/] {record['detail']}{where}")
+    label = {"hang": "HANG", "crash": "CRASH"}.get(record["outcome"], record["outcome"].upper())
+    detail = record.get("detail") or ""
+    console.print(f"start {n}/{total}: [bold red]{label}[/] {detail}{where}")

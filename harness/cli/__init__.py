@@ -32,10 +32,15 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("soak", "soak", "soak"),
     ("compare", "compare", "compare"),
     ("report", "report", "report"),
+    ("campaign-task", "campaign_task", "campaign_task"),
     ("doctor", "doctor", "doctor"),
     ("fetch", "fetch", "fetch"),
     ("shard", "shard", "shard"),
 ]
+
+
+#: Commands harness runs itself (a SLURM array task), not listed in --help.
+_HIDDEN = {"campaign-task"}
 
 
 class HarnessGroup(click.Group):
@@ -47,7 +52,7 @@ class HarnessGroup(click.Group):
     """
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(name for name, _module, _attr in _COMMANDS)
+        return sorted(name for name, _module, _attr in _COMMANDS if name not in _HIDDEN)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         for name, module, attr in _COMMANDS:

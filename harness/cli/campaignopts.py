@@ -45,6 +45,7 @@ def make_planner(
             opts["tp"] = slot.tp
         if slot.profiles is not None:
             opts["profiles"] = slot.profiles
+        opts["port"] = int(opts["port"]) + slot.port_offset
         if seed is not None and opts["engine"] == "sim":
             opts["engine_args"] = (*opts["engine_args"], f"--seed {seed + slot.index}")
         return build_spec(
@@ -56,6 +57,50 @@ def make_planner(
         )
 
     return plan
+
+
+def planner_record(
+    options: dict[str, Any],
+    *,
+    startup_timeout: float | None = None,
+    stall_after: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """What ``campaign.json`` keeps so that a SLURM array task plans exactly the same servers."""
+    return {
+        "plan_options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()},
+        "startup_timeout": startup_timeout,
+        "stall_after": stall_after,
+        "seed": seed,
+    }
+
+
+def planner_from_record(record: dict[str, Any]) -> Planner:
+    """The campaign's planner again, in a SLURM array task (see :func:`planner_record`)."""
+    opts = {k: tuple(v) if isinstance(v, list) else v for k, v in record["plan_options"].items()}
+    return make_planner(
+        opts,
+        runs_dir=None,
+        startup_timeout=record.get("startup_timeout"),
+        stall_after=record.get("stall_after"),
+        seed=record.get("seed"),
+    )
+
+
+def slurm_options(func: F) -> F:
+    """``--slurm``, ``--partition``, ``--slurm-time``: fan the campaign out as a job array."""
+    options = [
+        click.option(
+            "--slurm",
+            is_flag=True,
+            help="Run every step as a task of one SLURM job array (sbatch), gathered here.",
+        ),
+        click.option("--partition", help="SLURM partition for --slurm."),
+        click.option("--slurm-time", help="SLURM time limit per task for --slurm (e.g. 30:00)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
 
 
 def check_plan(planner: Planner, slot: Slot) -> LaunchSpec:

@@ -14,6 +14,8 @@ from harness.cli.campaignopts import (
     load_options,
     load_plan_from,
     make_planner,
+    planner_record,
+    slurm_options,
     stall_after_option,
     startup_timeout_option,
     write_reports,
@@ -79,6 +81,7 @@ def parse_tp_list(text: str) -> list[int]:
 )
 @startup_timeout_option
 @stall_after_option
+@slurm_options
 @runs_dir_option
 def compare(
     repeats: int,
@@ -89,6 +92,9 @@ def compare(
     slo_probe_seconds: float,
     startup_timeout: float | None,
     stall_after: float | None,
+    slurm: bool,
+    partition: str | None,
+    slurm_time: str | None,
     runs_dir: str | None,
     **kwargs: Any,
 ) -> None:
@@ -103,6 +109,9 @@ def compare(
     latencies, Welch's t on per-repeat throughput (--repeats 2+), Fisher's exact test on
     counts, false-discovery adjusted, marked significant or noise with the effect size.
 
+    With --slurm every cell-repeat is a task of one SLURM job array (task n serves on port
+    P+n-1), gathered into the same summary and report.
+
     Exit code 1 when a cell hung or crashed, 0 otherwise, 130 when interrupted.
 
     \b
@@ -114,8 +123,14 @@ def compare(
           --max-rate-under-slo ttft=200ms,tpot=50ms
     """
     from harness.campaign.base import start_campaign
-    from harness.campaign.compare import CompareOptions, matrix, run_compare
+    from harness.campaign.compare import (
+        CompareOptions,
+        matrix,
+        run_compare,
+        run_compare_slurm,
+    )
     from harness.campaign.server import check_engine_installed
+    from harness.campaign.slurm import SlurmOptions, require_slurm
     from harness.report.slo import parse_slo
 
     console = make_console()
@@ -143,7 +158,10 @@ def compare(
             planner,
             Slot("r1", run.path / "cells" / cell.key, 1, cell.engine, cell.tp, cell.profiles),
         )
-        check_engine_installed(spec)
+        if not slurm:
+            check_engine_installed(spec)
+    if slurm:
+        require_slurm()
     start_campaign(
         run,
         "compare",
@@ -154,6 +172,10 @@ def compare(
             "repeats": repeats,
             "load": plan.model_dump(),
             "slo": [str(c) for c in criteria],
+            "slo_text": [slo_text] if slo_text else [],
+            "slo_probes": slo_probes,
+            "slo_probe_seconds": slo_probe_seconds,
+            **planner_record(plan_opts, startup_timeout=startup_timeout, stall_after=stall_after),
         },
     )
     mode = f"rate {plan.rate}/s" if plan.rate else f"concurrency {plan.concurrency}"
@@ -163,21 +185,23 @@ def compare(
         f"{mode}, " + (f"{n_requests} requests" if n_requests else f"{duration:g} s") + " each"
     )
     progress = Progress("compare", total_steps=len(cells) * repeats)
+    options = CompareOptions(
+        repeats=repeats, slo=criteria, slo_max_probes=slo_probes, slo_probe_s=slo_probe_seconds
+    )
     with live_progress(console, progress):
-        summary = run_compare(
-            run,
-            cells,
-            planner,
-            plan,
-            CompareOptions(
-                repeats=repeats,
-                slo=criteria,
-                slo_max_probes=slo_probes,
-                slo_probe_s=slo_probe_seconds,
-            ),
-            console=console,
-            progress=progress,
-        )
+        if slurm:
+            summary = run_compare_slurm(
+                run,
+                cells,
+                options,
+                SlurmOptions(partition=partition, time_limit=slurm_time),
+                console=console,
+                progress=progress,
+            )
+        else:
+            summary = run_compare(
+                run, cells, planner, plan, options, console=console, progress=progress
+            )
     write_reports(run.path, console)
     _print_verdicts(console, summary, run.summary)
     if summary["campaign"]["status"] == "interrupted":

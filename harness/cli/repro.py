@@ -12,13 +12,15 @@ from harness.cli.campaignopts import (
     check_plan,
     live_progress,
     make_planner,
+    planner_record,
+    slurm_options,
     startup_timeout_option,
     write_reports,
 )
 from harness.cli.display import make_console
 from harness.cli.options import runs_dir_option
 from harness.cli.planopts import plan_options, pop_plan_options
-from harness.errors import HangDetected
+from harness.errors import BadInput, HangDetected
 from harness.rundir import RunDir, new_run_id, runs_root
 
 
@@ -38,12 +40,16 @@ from harness.rundir import RunDir, new_run_id, runs_root
     default=None,
     help="--engine sim only: start n uses fault seed SEED+n (reproducible fault decisions).",
 )
+@slurm_options
 @runs_dir_option
 def repro_startup(
     runs: int,
     until_hang: bool,
     startup_timeout: float | None,
     seed: int | None,
+    slurm: bool,
+    partition: str | None,
+    slurm_time: str | None,
     runs_dir: str | None,
     **kwargs: Any,
 ) -> None:
@@ -54,6 +60,10 @@ def repro_startup(
     rate with its 95% Wilson interval, the time to healthy and to every startup phase, in
     runs/<id>/summary.json, report.html and report.md. Each start is a run directory under
     runs/<id>/starts/<n>/.
+
+    With --slurm every start is a task of one SLURM job array (start n serves on port P+n-1,
+    as tasks may share a node); harness follows the job and gathers the starts into the same
+    summary and report; a task SLURM killed is recorded with SLURM's state.
 
     Exit code 1 when any start hung or crashed, 0 when all became healthy, 130 when
     interrupted (the report covers the starts that finished).
@@ -66,8 +76,9 @@ def repro_startup(
       harness repro-startup --model ./tiny-model --tp 2 --runs 50 --until-hang
     """
     from harness.campaign.base import start_campaign
-    from harness.campaign.repro import ReproOptions, run_repro
+    from harness.campaign.repro import ReproOptions, run_repro, run_repro_slurm
     from harness.campaign.server import check_engine_installed
+    from harness.campaign.slurm import SlurmOptions, require_slurm
 
     console = make_console()
     plan_opts = pop_plan_options(kwargs)
@@ -78,7 +89,12 @@ def repro_startup(
     first = check_plan(planner, Slot(run_id="001", runs_root=run.path / "starts", index=1))
     for warning in first.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    check_engine_installed(first)
+    if slurm:
+        if until_hang:
+            raise BadInput("--until-hang runs starts one after the other; it cannot use --slurm")
+        require_slurm()
+    else:
+        check_engine_installed(first)
     start_campaign(
         run,
         "repro-startup",
@@ -92,6 +108,7 @@ def repro_startup(
             "until_hang": until_hang,
             "startup_timeout_s": first.deadlines.startup_s,
             "seed": seed,
+            **planner_record(plan_opts, startup_timeout=startup_timeout, seed=seed),
         },
     )
     console.print(
@@ -99,14 +116,18 @@ def repro_startup(
         f"tp={first.tp}, deadline {first.deadlines.startup_s:g} s each"
     )
     progress = Progress("repro-startup", total_steps=runs)
+    options = ReproOptions(runs=runs, until_hang=until_hang)
     with live_progress(console, progress):
-        summary = run_repro(
-            run,
-            planner,
-            ReproOptions(runs=runs, until_hang=until_hang),
-            console=console,
-            progress=progress,
-        )
+        if slurm:
+            summary = run_repro_slurm(
+                run,
+                options,
+                SlurmOptions(partition=partition, time_limit=slurm_time),
+                console=console,
+                progress=progress,
+            )
+        else:
+            summary = run_repro(run, planner, options, console=console, progress=progress)
     write_reports(run.path, console)
     s = summary["startup"]
     lo, hi = s["ci95"]
