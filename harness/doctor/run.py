@@ -274,10 +274,9 @@ def run_distributed(
 
 
 def model_view(spec: LaunchSpec) -> C.ModelView:
-    hub_note = next((w for w in spec.warnings if "no completed local copy" in w), None)
     path = spec.sharded_copy or spec.model
     if not os.path.isdir(path):
-        return C.ModelView(spec.model, None, hub_note=hub_note)
+        return C.ModelView(spec.model, None)
     network, words, mount_point = fsinfo.is_network_path(path)
     weights = sum(
         p.stat().st_size
@@ -293,6 +292,7 @@ def model_view(spec: LaunchSpec) -> C.ModelView:
         weights_bytes=weights,
         mem_available=int(psutil.virtual_memory().available),
         disk_free=fsinfo.free_bytes(path),
+        hub_note=next((w for w in spec.warnings if w.startswith("serving the local copy")), None),
     )
 
 

@@ -156,3 +156,14 @@ def test_local_directory_copied_to_dest(tmp_path: Path) -> None:
         "harness-fetch.json",
         "model.safetensors",
     ]
+
+
+def test_a_full_disk_is_an_environment_problem(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from harness.errors import EnvironmentProblem
+
+    monkeypatch.setattr(F.fsinfo, "free_bytes", lambda path: 1024)
+    with pytest.raises(EnvironmentProblem, match=r"has 1 KiB free, the files need 2 KiB more"):
+        F.check_space(tmp_path, 2048)
+    F.check_space(tmp_path, 512)
