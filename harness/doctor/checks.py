@@ -16,7 +16,6 @@ from typing import Any, Literal
 from harness.userfiles import GIB, MIB, human_size
 
 Status = Literal["PASS", "WARN", "FAIL", "SKIP"]
-ORDER: dict[str, int] = {"FAIL": 0, "WARN": 1, "SKIP": 2, "PASS": 3}
 
 
 @dataclass(frozen=True)
@@ -427,8 +426,11 @@ def judge_network(plan: PlanView, net: Mapping[str, Any]) -> Check:
 # -------------------------------------------------------------------------------------- GPUs
 
 
-def judge_gpus(plan: PlanView, gpu: Mapping[str, Any]) -> list[Check]:
-    """GPUs, driver and CUDA; peer access between every pair (with the known-bad cases)."""
+def judge_gpus(
+    plan: PlanView, gpu: Mapping[str, Any], visible_devices: str | None = None
+) -> list[Check]:
+    """GPUs, driver and CUDA; peer access between every pair (with the known-bad cases).
+    ``visible_devices`` is ``CUDA_VISIBLE_DEVICES`` where the server runs."""
     gpus = list(gpu.get("gpus") or [])
     if plan.device != "cuda":
         reason = "the plan is for the CPU backend" + (
@@ -468,12 +470,12 @@ def judge_gpus(plan: PlanView, gpu: Mapping[str, Any]) -> list[Check]:
             else ""
         )
         checks.append(Check("gpus", "PASS", f"{names}; driver {driver}, CUDA {cuda}{extra}"))
-    checks.append(_judge_peer(plan, gpus, driver, torch_view))
+    checks.append(_judge_peer(plan, _visible_indices(plan, visible_devices), driver, torch_view))
     return checks
 
 
 def _judge_peer(
-    plan: PlanView, gpus: list[Mapping[str, Any]], driver: str, torch_view: Mapping[str, Any]
+    plan: PlanView, indices: list[int], driver: str, torch_view: Mapping[str, Any]
 ) -> Check:
     name = "gpu peer access"
     if plan.tp <= 1:
@@ -488,7 +490,6 @@ def _judge_peer(
             f"driver {driver}: the 545 series is known to report P2P on GPUs where it does not "
             "work (vLLM tests P2P itself unless VLLM_SKIP_P2P_CHECK=1)"
         )
-    indices = _visible_indices(plan, gpus)
     if indices and indices != list(range(indices[0], indices[0] + len(indices))):
         warnings.append(
             f"non-consecutive GPU indices {indices}: pairs differ in topology (nvidia-smi topo "
@@ -504,13 +505,15 @@ def _judge_peer(
         )
     if warnings:
         return Check(name, "WARN", "; ".join(warnings), "if TP hangs, try --profile nccl-safe")
-    return Check(name, "PASS", f"every pair of {len(gpus)} GPUs")
+    return Check(name, "PASS", f"peer access between every pair ({len(peer)} directions)")
 
 
-def _visible_indices(plan: PlanView, gpus: list[Mapping[str, Any]]) -> list[int]:
+def _visible_indices(plan: PlanView, visible_devices: str | None) -> list[int]:
+    """The GPU indices the ranks get: the container's ``--gpus 0,2`` or CUDA_VISIBLE_DEVICES."""
     if isinstance(plan.gpus, list):
         return list(plan.gpus)
-    return []
+    parts = [p.strip() for p in (visible_devices or "").split(",") if p.strip()]
+    return [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else []
 
 
 # ------------------------------------------------------------------------ debug variables

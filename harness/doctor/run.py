@@ -367,7 +367,8 @@ def run_doctor(
     gpu = facts.get("gpu") or {}
     if gpu.get("topo"):
         (out_dir / "nvidia-smi-topo.txt").write_text(str(gpu["topo"]))
-    add(*C.judge_gpus(plan, gpu))
+    visible = ((facts.get("network") or {}).get("env") or {}).get("CUDA_VISIBLE_DEVICES")
+    add(*C.judge_gpus(plan, gpu, visible))
     add(C.judge_shm(plan, facts.get("shm") or {}))
     inside = facts.get("ptrace_inside")
     add(

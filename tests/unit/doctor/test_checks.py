@@ -290,6 +290,12 @@ def test_driver_545_and_non_consecutive_gpus_warn() -> None:
     plan = PlanView(engine="vllm", tp=2, runtime="docker", device="cuda", gpus=[0, 2])
     checks = by_name(C.judge_gpus(plan, gpus()))
     assert "non-consecutive GPU indices [0, 2]" in checks["gpu peer access"].detail
+    local = by_name(C.judge_gpus(GPU_TP2, gpus(), visible_devices="1,3"))
+    assert "non-consecutive GPU indices [1, 3]" in local["gpu peer access"].detail
+    assert (
+        by_name(C.judge_gpus(GPU_TP2, gpus(), visible_devices="2,3"))["gpu peer access"].status
+        == "PASS"
+    )
 
 
 def test_gpu_plan_without_gpus_fails() -> None:
