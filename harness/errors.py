@@ -4,8 +4,8 @@ Every error the user can cause or fix carries the exit code the CLI returns and,
 is one, the next thing to try (``hint``). The CLI prints ``error: <message>`` and the hint on
 one more line; it never prints a traceback for a ``HarnessError``.
 
-Exit codes (docs/architecture.md): 0 success; 1 the thing under test failed (hang found, check failed);
-2 bad input; 3 environment problem.
+Exit codes (docs/architecture.md): 0 success; 1 the thing under test failed (hang found, check
+failed); 2 bad input; 3 environment problem.
 """
 
 from __future__ import annotations

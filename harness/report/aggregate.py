@@ -125,8 +125,8 @@ class RecordStats:
         return sum(self.counts.values())
 
     def summary(self, elapsed_s: float | None = None) -> dict[str, Any]:
-        """The docs/architecture.md blocks (``requests``, ``throughput``, ``latency_ms``, ``windows``, ...)
-        over ``elapsed_s`` (default: first send to last finish)."""
+        """The contract's blocks (``requests``, ``throughput``, ``latency_ms``, ``windows``,
+        ...) over ``elapsed_s`` (default: first send to last finish)."""
         if elapsed_s is None:
             span = (
                 (self.last_end - self.first_sent)

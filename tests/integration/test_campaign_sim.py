@@ -432,9 +432,11 @@ def test_soak_stopped_with_ctrl_c_reports_and_can_go_on(campaign_runs: Path) -> 
     proc = start(campaign_runs, *soak_args(free_port(), "--duration", "20", "-c", "2"))
     try:
         wait_for(
-            lambda: any(campaign_runs.iterdir())
-            and (only_dir(campaign_runs) / "requests.jsonl").exists()
-            and len(indices(only_dir(campaign_runs))) >= 10,
+            lambda: (
+                any(campaign_runs.iterdir())
+                and (only_dir(campaign_runs) / "requests.jsonl").exists()
+                and len(indices(only_dir(campaign_runs))) >= 10
+            ),
             timeout=120,
             what="10 finished requests",
         )
