@@ -3,7 +3,8 @@ lifecycle is :mod:`harness.campaign.serve`."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,6 +12,9 @@ from harness.cli.display import StartupDisplay, make_console
 from harness.cli.options import runs_dir_option
 from harness.cli.planopts import build_spec, plan_options, pop_plan_options
 from harness.rundir import runs_root
+
+if TYPE_CHECKING:
+    from harness.spec import LaunchSpec
 
 
 @click.command()
@@ -65,7 +69,6 @@ def serve(
     """
     from harness.campaign.serve import prepare_run
     from harness.campaign.serve import serve as serve_run
-    from harness.cli.doctor import preflight_hook
 
     console = make_console()
     spec = build_spec(
@@ -78,7 +81,12 @@ def serve(
     )
     for warning in spec.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
-    run = prepare_run(spec, preflight=preflight_hook if preflight else None)
+    hook: Callable[[LaunchSpec], None] | None = None
+    if preflight:  # imported only when asked: nothing extra before the engine starts
+        from harness.cli.doctor import preflight_hook
+
+        hook = preflight_hook
+    run = prepare_run(spec, preflight=hook)
     console.print(f"run [bold]{spec.run_id}[/] → {run.path}")
     serve_run(spec, run, console, detach=detach, observer=StartupDisplay(console, spec))
 
