@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from harness.errors import BadInput
 from harness.records import read_json, write_json
+from harness.redact import Redactor
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
 
@@ -55,13 +56,17 @@ def campaign_file(run: RunDir) -> Path:
 def start_campaign(run: RunDir, kind: CampaignKind, options: dict[str, Any]) -> dict[str, Any]:
     """Create the campaign's directory and ``campaign.json``; returns the record."""
     run.create()
+    # No secret reaches a file under runs/: a key given as `--engine-arg '--api-key ...'`
+    # is masked in the recorded command and options (the servers got it through their
+    # environment).
+    redactor = Redactor()
     record = {
         "kind": kind,
         "id": run.run_id,
         "created_at": time.time(),
-        "command": ["harness", *sys.argv[1:]],
+        "command": redactor.argv(["harness", *sys.argv[1:]]),
         "harness_pid": os.getpid(),
-        "options": options,
+        "options": redactor.json(options),
         "status": "running",
     }
     write_json(campaign_file(run), record)

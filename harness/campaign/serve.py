@@ -133,7 +133,7 @@ def _detach(handle: ServerHandle, outcome: ServeOutcome, console: Console) -> No
     outcome.detached = True
     outcome.log_follower_pid = hand_over(handle)
     if handle.spec.watch.enabled:
-        outcome.watcher_pid = spawn_watcher(run).pid
+        outcome.watcher_pid = spawn_watcher(run, handle.spec).pid
     run.write_state(detached=True)
     extras = []
     if outcome.watcher_pid:

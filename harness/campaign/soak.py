@@ -33,6 +33,7 @@ from harness.campaign.signals import Terminated, terminate_on_signals
 from harness.errors import BadInput, EnvironmentProblem
 from harness.procgroup import ProcessRef
 from harness.records import iter_jsonl, read_json, repair_jsonl, write_json
+from harness.redact import restore_masked_env
 from harness.report.aggregate import RecordStats
 from harness.report.intervals import poisson_rate, wilson
 from harness.report.stats import auto_window_s
@@ -127,6 +128,7 @@ def prepare_resume(run: RunDir) -> tuple[LaunchSpec, LoadPlan, SoakOptions]:
         spec = LaunchSpec.from_json(run.launch_spec.read_text())
     except (OSError, ValueError) as exc:
         raise BadInput(f"soak {run.run_id} has no readable launch_spec.json: {exc}") from None
+    spec = with_secrets_from_environment(spec)
     options = record.get("options", {})
     plan = LoadPlan.model_validate(options.get("load", {}))
     soak = SoakOptions(
@@ -145,6 +147,21 @@ def prepare_resume(run: RunDir) -> tuple[LaunchSpec, LoadPlan, SoakOptions]:
     state["resumes"] = int(state.get("resumes", 0)) + 1
     write_json(run.path / STATE_FILE, state)
     return spec, plan, soak
+
+
+def with_secrets_from_environment(spec: LaunchSpec) -> LaunchSpec:
+    """A plan read back from ``launch_spec.json`` has its secrets masked: take them from this
+    process's environment (exported by the user), or refuse rather than start the server
+    with a mask for a key."""
+    env = restore_masked_env(spec.env, os.environ)
+    missing = sorted(set(spec.env) - set(env))
+    if missing:
+        raise BadInput(
+            f"the plan's secret {', '.join(missing)} is not recorded (runs/ never holds "
+            "secrets) and is not in this environment",
+            hint=f"export {missing[0]}=... and resume again",
+        )
+    return spec.model_copy(update={"env": env})
 
 
 def next_request_index(run: RunDir) -> int:

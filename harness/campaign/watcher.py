@@ -20,6 +20,7 @@ from types import FrameType
 
 from harness import procgroup
 from harness.procgroup import ProcessRef
+from harness.redact import MASK, is_secret_name, restore_masked_env
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
 
@@ -28,11 +29,14 @@ WATCHDOG_LOG = "watchdog.log"
 STOP_GRACE_S = 20.0
 
 
-def spawn_watcher(run: RunDir) -> ProcessRef:
-    """Start the background watcher of ``run``; record and return it."""
+def spawn_watcher(run: RunDir, spec: LaunchSpec) -> ProcessRef:
+    """Start the background watcher of ``run``; record and return it. The plan's secret
+    variables travel in the watcher's environment (launch_spec.json has them masked), so that
+    a restart after a hang starts the server with them."""
     argv = [sys.executable, "-m", "harness.campaign.watcher", "--run-dir", str(run.path)]
+    secrets = {k: v for k, v in spec.env.items() if is_secret_name(k) and v != MASK}
     with open(run.path / WATCHDOG_LOG, "ab") as log:
-        proc = procgroup.spawn(argv, stdout=log, env=dict(os.environ), cwd=run.path)
+        proc = procgroup.spawn(argv, stdout=log, env={**os.environ, **secrets}, cwd=run.path)
     ref = ProcessRef.of(proc.pid)
     run.write_state(watcher=ref.to_dict())
     return ref
@@ -72,6 +76,7 @@ def watch_detached(run: RunDir) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     spec = LaunchSpec.from_json(run.launch_spec.read_text())
+    spec = spec.model_copy(update={"env": restore_masked_env(spec.env, os.environ)})
     try:
         handle = attach_server(spec, run)
     except HarnessError as exc:

@@ -87,6 +87,26 @@ def planner_from_record(record: dict[str, Any]) -> Planner:
     )
 
 
+def refuse_secret_flags_for_slurm(options: dict[str, Any]) -> None:
+    """A SLURM task re-plans from campaign.json, which never holds secrets: a key given as an
+    engine flag cannot reach it. Exporting it does (sbatch passes the environment on)."""
+    import shlex
+
+    from harness.errors import BadInput
+    from harness.redact import secret_arguments, secret_flag
+
+    for value in options.get("engine_args") or ():
+        tokens = shlex.split(value)
+        if secret_arguments(tokens):
+            flag = next(t for t in tokens if secret_flag(t))
+            raise BadInput(
+                f"--engine-arg {flag.split('=', 1)[0]} ... cannot travel to SLURM tasks "
+                "(runs/ never holds secrets)",
+                hint="export the engine's variable instead (vLLM: VLLM_API_KEY, HF_TOKEN) "
+                "and drop the flag; sbatch passes your environment to the tasks",
+            )
+
+
 def slurm_options(func: F) -> F:
     """``--slurm``, ``--partition``, ``--slurm-time``: fan the campaign out as a job array."""
     options = [

@@ -15,6 +15,7 @@ from harness.cli.campaignopts import (
     load_plan_from,
     make_planner,
     planner_record,
+    refuse_secret_flags_for_slurm,
     slurm_options,
     stall_after_option,
     startup_timeout_option,
@@ -162,6 +163,7 @@ def compare(
             check_engine_installed(spec)
     if slurm:
         require_slurm()
+        refuse_secret_flags_for_slurm(plan_opts)
     start_campaign(
         run,
         "compare",

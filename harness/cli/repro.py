@@ -13,6 +13,7 @@ from harness.cli.campaignopts import (
     live_progress,
     make_planner,
     planner_record,
+    refuse_secret_flags_for_slurm,
     slurm_options,
     startup_timeout_option,
     write_reports,
@@ -93,6 +94,7 @@ def repro_startup(
         if until_hang:
             raise BadInput("--until-hang runs starts one after the other; it cannot use --slurm")
         require_slurm()
+        refuse_secret_flags_for_slurm(plan_opts)
     else:
         check_engine_installed(first)
     start_campaign(
