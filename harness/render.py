@@ -93,6 +93,21 @@ def _docker_run_groups(spec: LaunchSpec, *, detach: bool, remove: bool) -> list[
     return groups
 
 
+def secret_variables(spec: LaunchSpec) -> list[str]:
+    """The plan's secret variables: a rendered command takes them from the caller's shell."""
+    return sorted(key for key in spec.env if is_secret_name(key))
+
+
+def _secrets_comment(spec: LaunchSpec) -> str:
+    names = secret_variables(spec)
+    if not names:
+        return ""
+    return (
+        f"# export {' '.join(names)} in your shell first: the command passes "
+        f"{'it' if len(names) == 1 else 'them'} from there (never written here)\n"
+    )
+
+
 def docker_run_argv(spec: LaunchSpec, *, detach: bool = False, remove: bool = True) -> list[str]:
     """The ``docker run`` command as an argument list (what :func:`render_docker_run` quotes)."""
     groups = _docker_run_groups(spec, detach=detach, remove=remove)
@@ -107,7 +122,7 @@ def render_docker_run(spec: LaunchSpec) -> str:
     """
     groups = _docker_run_groups(spec, detach=False, remove=True)
     lines = [shlex.join(groups[0])] + ["  " + shlex.join(group) for group in groups[1:]]
-    return " \\\n".join(lines) + "\n"
+    return _secrets_comment(spec) + " \\\n".join(lines) + "\n"
 
 
 def _literal(value: str) -> str:
@@ -172,7 +187,7 @@ def render_compose(spec: LaunchSpec) -> str:
         f"# harness plan {spec.run_id}: {spec.engine} TP={spec.tp}, profiles "
         f"{','.join(spec.profiles)}\n"
         f"# run: docker compose -f FILE up   (or Debian's docker-compose -f FILE up)\n"
-        f"# health: {spec.health_url}\n"
+        f"# health: {spec.health_url}\n" + _secrets_comment(spec)
     )
     body = yaml.safe_dump(compose_dict(spec), sort_keys=False, default_flow_style=False, width=1000)
     return header + body

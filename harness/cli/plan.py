@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Any
 
@@ -64,4 +65,11 @@ def plan(fmt: str, runs_dir: str | None, **kwargs: Any) -> None:
         if spec.container is None:
             raise PlanError("--format docker/compose needs --runtime docker")
         text = render.render_docker_run(spec) if fmt == "docker" else render.render_compose(spec)
+        missing = [name for name in render.secret_variables(spec) if not os.environ.get(name)]
+        if missing:
+            click.echo(
+                f"warning: {', '.join(missing)} is not set in this shell: the container would "
+                "start without it; export it before running the command",
+                err=True,
+            )
         click.echo(text, nl=not text.endswith("\n"))

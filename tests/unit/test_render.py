@@ -76,7 +76,7 @@ def test_docker_run_line_round_trips_through_the_shell() -> None:
     spec = make_spec()
     text = render_docker_run(spec)
     # The shell sees exactly the argv we mean (line continuations, quoting of | and spaces).
-    assert shlex.split(text.replace("\\\n", " ")) == docker_run_argv(spec)
+    assert shlex.split(text.replace("\\\n", " "), comments=True) == docker_run_argv(spec)
     argv = docker_run_argv(spec)
     assert argv[:3] == ["docker", "run", "--rm"]
     assert "--privileged" not in argv
@@ -176,3 +176,10 @@ def test_local_plan_cannot_be_rendered() -> None:
     assert info.value.hint == "add --runtime docker"
     with pytest.raises(PlanError):
         render_compose(spec)
+
+
+def test_a_secret_variable_is_named_for_export_never_written() -> None:
+    spec = make_spec().model_copy(update={"env": {"VLLM_API_KEY": "sk-secret-0123", "A": "1"}})
+    for text in (render_docker_run(spec), render_compose(spec)):
+        assert "sk-secret-0123" not in text
+        assert "# export VLLM_API_KEY in your shell first" in text
