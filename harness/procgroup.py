@@ -109,14 +109,27 @@ def tree(root_pid: int) -> list[int]:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Every live process whose process group is ``pgid`` (members that left the tree, for
-    example re-parented to init, are still found here)."""
+    """Every live process whose process group or session is ``pgid`` (members that left the
+    tree, for example re-parented to init, are still found here, and so are those that moved
+    to another group of the session: :func:`spawn` makes the root lead both)."""
     out = []
     for proc in psutil.process_iter(["pid"]):
         with contextlib.suppress(psutil.Error, OSError):
-            if os.getpgid(proc.pid) == pgid:
+            if os.getpgid(proc.pid) == pgid or os.getsid(proc.pid) == pgid:
                 out.append(proc.pid)
     return out
+
+
+def members(root_pid: int, pgid: int | None = None) -> list[int]:
+    """Every live process of the job ``root_pid`` leads: the root, its descendants, then the
+    other members of its process group and session (``pgid``, default the root's pid)."""
+    found = tree(root_pid)
+    seen = set(found)
+    for pid in group_members(root_pid if pgid is None else pgid):
+        if pid not in seen:
+            seen.add(pid)
+            found.append(pid)
+    return found
 
 
 def _processes(pids: Iterable[int]) -> list[psutil.Process]:
@@ -156,22 +169,32 @@ def stop_tree(
     also: Iterable[int] = (),
     popen: subprocess.Popen[bytes] | None = None,
     kill_wait_s: float = 5.0,
+    term_root: bool = True,
 ) -> int | None:
-    """Stop ``root_pid``, its descendants, its process group (``pgid``, default the root's own
-    pid: it leads its session) and the pids in ``also`` (members seen earlier that may have
-    left): SIGTERM, up to ``grace_s``, then SIGKILL. Returns the root's exit code when it is
-    our child (``popen``), else ``None``. Never waits longer than ``grace_s + 2 * kill_wait_s``.
+    """Stop ``root_pid``, its descendants, its process group and session (``pgid``, default
+    the root's own pid: it leads both) and the pids in ``also`` (members seen earlier that may
+    have left): SIGTERM, up to ``grace_s``, then SIGKILL. Returns the root's exit code when it
+    is our child (``popen``), else ``None``. Never waits longer than ``grace_s + 2 *
+    kill_wait_s``.
+
+    ``term_root=False`` spares the root the SIGTERM (not the SIGKILL): for a wrapper script
+    that reaps its child and exits by itself (``gcore`` around gdb, which detaches from its
+    target on SIGTERM), so that no zombie is left to an init that may not reap.
     """
     group = root_pid if pgid is None else pgid
-    members = _processes([*tree(root_pid), *group_members(group), *also])
-    _signal(group, members, signal.SIGTERM)
+    procs = _processes([*members(root_pid, group), *also])
+    _signal(
+        group if term_root else None,
+        [p for p in procs if term_root or p.pid != root_pid],
+        signal.SIGTERM,
+    )
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         root_done = popen is None or popen.poll() is not None
-        if root_done and not _alive(members):
+        if root_done and not _alive(procs):
             break
         time.sleep(0.05)
-    leftovers = _alive(members)
+    leftovers = _alive(procs)
     if leftovers:
         _signal(group, leftovers, signal.SIGKILL)
         # Our own child is reaped by Popen.wait below (psutil would reap it first and the
@@ -184,6 +207,13 @@ def stop_tree(
         return popen.wait(timeout=kill_wait_s)
     except subprocess.TimeoutExpired:
         return None
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group ``pgid`` at once, no grace (a capture command past its
+    deadline: nothing it could still write matters). Never raises."""
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def stop_ref(ref: ProcessRef, *, grace_s: float) -> bool:

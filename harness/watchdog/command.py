@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-import psutil
-
+from harness import procgroup
 from harness.errors import BadInput
 from harness.rundir import RunDir, new_run_id
 from harness.watchdog.capture import CaptureOptions, Console, Incident, capture_incident
@@ -66,52 +64,15 @@ class WatchResult:
     command_exit: int | None
 
 
-def job_pids(root: int, sid: int | None) -> list[int]:
+def job_pids(root: int) -> list[int]:
     """The job's processes: ``root``, its descendants, and anything else in its session."""
-    pids: list[int] = []
-    with contextlib.suppress(psutil.Error):
-        p = psutil.Process(root)
-        pids = [root, *[c.pid for c in p.children(recursive=True)]]
-    if sid is not None:
-        for proc in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, OSError):
-                if proc.pid not in pids and os.getsid(proc.pid) == sid:
-                    pids.append(proc.pid)
-    return pids
+    return procgroup.members(root)
 
 
 def kill_job(proc: subprocess.Popen[bytes], known: Sequence[int], grace_s: float) -> None:
-    """SIGTERM every process of the job (stopped ones are continued first), then SIGKILL."""
-    sid = proc.pid
-    targets = set(known) | set(job_pids(proc.pid, sid))
-
-    def signal_all(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(sid, sig)
-        for pid in targets:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, sig)
-
-    signal_all(signal.SIGCONT)
-    signal_all(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        targets |= set(job_pids(proc.pid, sid)) if proc.poll() is None else set()
-        if proc.poll() is not None and not any(_alive(p) for p in targets):
-            return
-        time.sleep(0.1)
-    targets |= set(job_pids(proc.pid, sid))
-    signal_all(signal.SIGKILL)
-    end = time.monotonic() + 10
-    while time.monotonic() < end and (proc.poll() is None or any(_alive(p) for p in targets)):
-        time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    """SIGTERM every process of the job (stopped ones are continued too), then SIGKILL
+    (:func:`harness.procgroup.stop_tree`; ``known`` are the members seen while it ran)."""
+    procgroup.stop_tree(proc.pid, grace_s=grace_s, also=known, popen=proc, kill_wait_s=10.0)
 
 
 class _Pump(threading.Thread):
@@ -187,14 +148,8 @@ def run_watched(
     )
     log = open(run.server_log, "ab")  # noqa: SIM115 - closed in finally
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env,
-            start_new_session=True,
-        )
+        # The local runtime's launcher: its own session, so the whole job can be stopped.
+        proc = procgroup.spawn(argv, env=child_env, stdout=subprocess.PIPE)
     except OSError as exc:
         log.close()
         raise BadInput(f"cannot run {argv[0]!r}: {exc.strerror or exc}") from exc
@@ -220,7 +175,7 @@ def run_watched(
                     mtime = heartbeat.stat().st_mtime
                     if mtime != hb_mtime:
                         hb_mtime, hb_at = mtime, now
-            known = sorted(set(known) | set(job_pids(proc.pid, proc.pid)))
+            known = sorted(set(known) | set(job_pids(proc.pid)))
             verdict = None
             if incident is None:
                 verdict = silence_verdict(
@@ -230,7 +185,7 @@ def run_watched(
                     what=what,
                 )
             if verdict is not None:
-                pids = job_pids(proc.pid, proc.pid)
+                pids = job_pids(proc.pid)
                 incident = capture_incident(
                     run,
                     pids=pids,

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from harness import procgroup
 from harness.watchdog.summary import OddOne, ProcessReport, family
 
 CORE_PATTERN_FILE = "/proc/sys/kernel/core_pattern"
@@ -342,46 +344,27 @@ def _other_root(pid: int) -> bool:
 
 
 def run_gcore(argv: Sequence[str], timeout_s: float) -> tuple[int | None, str]:
-    """Run gcore in its own session; on timeout SIGTERM its group (gdb detaches), then SIGKILL.
+    """Run gcore in its own session; on timeout SIGTERM to gdb (it detaches), then SIGKILL.
 
     Returns (exit code or None on timeout, output).
     """
-    try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-            start_new_session=True,
-        )
-    except OSError as exc:
-        return -1, str(exc)
-    try:
-        out, _ = proc.communicate(timeout=timeout_s)
-        return proc.returncode, out or ""
-    except subprocess.TimeoutExpired:
-        pass
-    # gcore is a shell script around gdb: signal gdb (gdb detaches on SIGTERM) and let the
-    # script reap it, so that no gdb zombie is left to an init that may not reap.
-    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(psutil.Error, OSError):
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                with contextlib.suppress(psutil.Error, OSError):
-                    child.send_signal(sig)
+    # Output into a file, not a pipe: a gdb killed at its deadline can never block on a full
+    # pipe, and what it printed before is kept.
+    with tempfile.TemporaryFile() as out:
         try:
-            out, _ = proc.communicate(timeout=grace)
-            return None, out or ""
+            proc = procgroup.spawn(argv, stdout=out)
+        except OSError as exc:
+            return -1, str(exc)
+        code: int | None
+        try:
+            code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            continue
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    try:
-        out, _ = proc.communicate(timeout=10)
-    except subprocess.TimeoutExpired:
-        out = ""
-    return None, out or ""
+            # gcore is a shell script around gdb: the SIGTERM goes to gdb only and the script
+            # reaps it, so that no gdb zombie is left to an init that may not reap.
+            procgroup.stop_tree(proc.pid, grace_s=5.0, popen=proc, term_root=False)
+            code = None
+        out.seek(0)
+        return code, out.read().decode("utf-8", errors="replace")
 
 
 def _last_error(out: str) -> str:
