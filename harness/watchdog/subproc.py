@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from harness import procgroup
 
 # After a kill, how long to wait for the pipes to close (the output already read is kept).
 _DRAIN_S = 5.0
@@ -78,7 +79,6 @@ def run_with_deadline(
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    procgroup.kill_group(proc.pid)
     with contextlib.suppress(OSError):
         proc.kill()
