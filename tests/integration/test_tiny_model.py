@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,30 +39,36 @@ def _needs_torch() -> None:
 
 
 @pytest.fixture(scope="module")
-def vlm_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("vlm") / "tiny-vlm"
-    done = build(dest, "--kind", "vlm")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """One build per kind for the module (the first of each determinism pair)."""
+    made: dict[str, Path] = {}
+
+    def get(kind: str) -> Path:
+        if kind not in made:
+            dest = tmp_path_factory.mktemp(kind) / f"tiny-{kind}"
+            done = build(dest, "--kind", kind)
+            assert done.returncode == 0, done.stderr
+            assert done.stderr == "", "a build prints nothing but its result line"
+            made[kind] = dest
+        return made[kind]
+
+    return get
+
+
+@pytest.mark.parametrize("kind", ["text", "vlm", "qwen2-vl"])
+def test_builds_are_identical_bytes(
+    tmp_path: Path, kind: str, builds: Callable[[str], Path]
+) -> None:
+    first, second = builds(kind), tmp_path / "again"
+    done = build(second, "--kind", kind)
     assert done.returncode == 0, done.stderr
-    assert done.stderr == "", "a build prints nothing but its result line"
-    return dest
-
-
-@pytest.mark.parametrize("kind", ["text", "vlm"])
-def test_builds_are_identical_bytes(tmp_path: Path, kind: str, vlm_build: Path) -> None:
-    first, second = tmp_path / "a", tmp_path / "b"
-    if kind == "vlm":
-        first = vlm_build
-    for dest in (first, second) if kind == "text" else (second,):
-        done = build(dest, "--kind", kind)
-        assert done.returncode == 0, done.stderr
-        assert done.stderr == "", "a build prints nothing but its result line"
     assert files(first) == files(second)
     assert existing_kind(first) == kind
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
-    if kind == "vlm":
+    if kind != "text":
         expected.add("preprocessor_config.json")
     assert expected <= set(files(first))
-    # What harness plan reads: heads and KV heads split by 2 (the VLM's under text_config).
+    # What harness plan reads: heads and KV heads split by 2 (a VLM's under text_config).
     facts = model_facts(str(first))
     assert (facts.num_attention_heads, facts.num_kv_heads) == (4, 2)
 
@@ -84,11 +91,13 @@ def test_a_directory_of_the_other_kind_is_refused(tmp_path: Path) -> None:
 # vlm-safe passes max_pixels, which transformers 5.19 still takes (and vLLM's PaddleOCR-VL
 # processor reads) but calls deprecated.
 @pytest.mark.filterwarnings("ignore:Passing `min_pixels` and `max_pixels`:FutureWarning")
-def test_vlm_processor_tokens_grow_with_the_image_up_to_max_pixels(vlm_build: Path) -> None:
+def test_vlm_processor_tokens_grow_with_the_image_up_to_max_pixels(
+    builds: Callable[[str], Path],
+) -> None:
     from PIL import Image
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(vlm_build)
+    processor = AutoProcessor.from_pretrained(builds("vlm"))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert (
@@ -115,3 +124,38 @@ def test_vlm_processor_tokens_grow_with_the_image_up_to_max_pixels(vlm_build: Pa
     capped = image_tokens(4000, 3000, max_pixels=VLM_SAFE_MAX_PIXELS)
     assert capped == 30 * 41 == image_tokens(41 * 28, 30 * 28, max_pixels=VLM_SAFE_MAX_PIXELS)
     assert capped <= VLM_SAFE_MAX_PIXELS // VLM_PIXELS_PER_TOKEN
+
+
+def test_qwen2_vl_answers_with_an_image_in_transformers(builds: Callable[[str], Path]) -> None:
+    # vLLM's and LMDeploy's Qwen2-VL paths need torchvision (GPU hosts: tests/integration/
+    # test_vlm_gpu.py); here transformers runs it: the image processor (PIL), the chat
+    # template's image placeholder, and generation from the image's tokens.
+    import torch
+    from PIL import Image
+    from transformers import (
+        AutoTokenizer,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessorPil,
+    )
+
+    model_dir = builds("qwen2-vl")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    images = Qwen2VLImageProcessorPil.from_pretrained(model_dir)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert "<|vision_start|><|image_pad|><|vision_end|>hi" in prompt
+    pixels = images(images=[Image.new("RGB", (640, 480))], return_tensors="pt")
+    count = int(pixels["image_grid_thw"][0].prod()) // 4
+    assert count == 17 * 23  # 476x644 after the resize, one token per 28x28
+    inputs = tokenizer(
+        prompt.replace("<|image_pad|>", "<|image_pad|>" * count), return_tensors="pt"
+    )
+    model = Qwen2VLForConditionalGeneration.from_pretrained(model_dir)
+    out = model.generate(
+        **inputs,
+        pixel_values=pixels["pixel_values"].to(torch.bfloat16),
+        image_grid_thw=pixels["image_grid_thw"],
+        max_new_tokens=4,
+        do_sample=False,
+    )
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 4

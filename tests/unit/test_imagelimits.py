@@ -81,7 +81,10 @@ def test_only_vllm_has_server_side_limits() -> None:
 
 def test_limits_that_agree_say_nothing() -> None:
     argv = ["--limit-mm-per-prompt", '{"image": 2}', "--mm-processor-kwargs", '{"max_pixels": 7}']
-    assert image_limit_warnings("vllm", argv, LoadLimits(max_image_pixels=7, max_images_per_request=2)) == []
+    assert (
+        image_limit_warnings("vllm", argv, LoadLimits(max_image_pixels=7, max_images_per_request=2))
+        == []
+    )
     assert image_limit_warnings("vllm", [], LoadLimits()) == []
     assert image_limit_warnings("sim", [], VLM_SAFE) == []
 
