@@ -59,7 +59,7 @@ def engine_version(engine: str, *, runtime: str, python: str, image: str | None)
         return None
     if runtime == "docker" and image:
         try:
-            from harness.runtime.docker import image_distribution_versions
+            from harness.runtime.docker_tasks import image_distribution_versions
         except ImportError:
             return None
         return _first(engine, image_distribution_versions(image, list(distributions)))

@@ -137,7 +137,7 @@ def prepare_resume(run: RunDir) -> tuple[LaunchSpec, LoadPlan, SoakOptions]:
     )
     # The killed harness's server runs on in its own session: stop it (and its watcher).
     if spec.runtime == "docker":
-        from harness.runtime.docker import docker_down
+        from harness.runtime.docker_runs import docker_down
 
         docker_down(spec.run_id)
     else:

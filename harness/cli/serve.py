@@ -115,7 +115,7 @@ def ps(runs_dir: str | None) -> None:
 
 def _docker_rows() -> list[dict[str, Any]]:
     try:
-        from harness.runtime.docker import docker_ps
+        from harness.runtime.docker_runs import docker_ps
     except ImportError:
         return []
     try:
@@ -126,7 +126,7 @@ def _docker_rows() -> list[dict[str, Any]]:
 
 def _docker_down(run_id: str | None, all_runs: bool) -> list[str]:
     try:
-        from harness.runtime.docker import docker_down
+        from harness.runtime.docker_runs import docker_down
     except ImportError:
         return []
     return docker_down(run_id, all_runs=all_runs)

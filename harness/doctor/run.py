@@ -2,7 +2,7 @@
 
 For ``--runtime local`` the probes are subprocesses here, with the server's environment. For
 ``--runtime docker`` they run in containers made from the same plan
-(:class:`harness.runtime.docker.TaskContainer`: same image, IPC, shm, capabilities, ulimits,
+(:class:`harness.runtime.docker_tasks.TaskContainer`: same image, IPC, shm, capabilities, ulimits,
 network, GPUs, mounts), so a 1 MB ``/dev/shm`` or a missing capability shows up exactly as the
 server would meet it. The scripts (:mod:`harness.doctor.probe`, :mod:`harness.doctor.sanity`)
 are copied into ``out_dir``, which is mounted at the same path in the container.
@@ -180,7 +180,7 @@ def probe_local(spec: LaunchSpec, scripts: dict[str, Path], out_dir: Path) -> di
 
 def probe_docker(spec: LaunchSpec, scripts: dict[str, Path], out_dir: Path) -> dict[str, Any]:
     """The probe in a container made from the plan, held alive for the ptrace attempts."""
-    from harness.runtime.docker import TaskContainer
+    from harness.runtime.docker_tasks import TaskContainer
 
     out, release = out_dir / "facts.json", out_dir / "release"
     argv = ["python3", str(scripts["probe"]), "--out", str(out), "--hold", "120"]
@@ -243,7 +243,7 @@ def run_distributed(
     argv += ["--out-dir", str(dist_dir), "--timeout", str(timeout_s), "--python", python, *extra]
     budget = timeout_s + STARTUP_ALLOWANCE_S + KILL_GRACE_S + 15
     if spec.runtime == "docker":
-        from harness.runtime.docker import TaskContainer
+        from harness.runtime.docker_tasks import TaskContainer
 
         mounts = {str(out_dir): (str(out_dir), "rw")}
         drop = _absent_run_dir(spec)

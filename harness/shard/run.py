@@ -142,7 +142,7 @@ def _run_local(
 def _run_docker(
     spec: LaunchSpec, argv: list[str], log: Path, timeout_s: float, work: Path
 ) -> tuple[int | None, str]:
-    from harness.runtime.docker import TaskContainer
+    from harness.runtime.docker_tasks import TaskContainer
 
     mounts = {str(work.parent): (str(work.parent), "rw")}
     with TaskContainer.start(spec, argv, task="shard", volumes=mounts) as box:

@@ -6,6 +6,7 @@ Every container is removed at teardown by its label, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,14 +26,10 @@ from harness.containerplan import LABEL_RUN_ID, container_spec, engine_bind_host
 from harness.errors import DockerProblem
 from harness.profiles import ContainerOptions
 from harness.rundir import RunDir
-from harness.runtime.docker import (
-    DockerHandle,
-    DockerRuntime,
-    container_pids,
-    docker_down,
-    docker_ps,
-)
+from harness.runtime.docker import DockerHandle, DockerRuntime, container_pids
+from harness.runtime.docker_runs import docker_down, docker_ps
 from harness.spec import LaunchSpec
+from harness.watchdog.capture import dump_stack
 from tests.conftest import REPO, free_port, require
 from tests.integration.dockerutil import (
     docker_or_skip,
@@ -227,6 +224,55 @@ def test_private_ipc_with_shm_and_bridge_published_on_loopback(
     assert labelled(client, run_id) == []
 
 
+def test_a_capture_inside_the_container_goes_through_the_handles_exec(
+    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+) -> None:
+    run_id = new_run_id("exec")
+    options = ContainerOptions(cap_add=["SYS_PTRACE"])
+    handle = start(http_spec(run_id, runs_dir, model_dir, options, image))
+    root = handle.root_pid()
+    assert root is not None
+    # The capture's own py-spy step, with no py-spy on the host: it runs py-spy inside the
+    # container through the handle (the monitor passes handle.exec_in_container).
+    dump = dump_stack(
+        root,
+        py_spy="/nonexistent/py-spy",
+        state="S",
+        timeout=60,
+        container_exec=handle.exec_in_container,
+    )
+    assert dump.ok and dump.how == "in container", dump.error
+    assert "serve_forever" in dump.text  # http.server's main loop, seen from inside
+
+    code, out = handle.exec_in_container(["cat", "/proc/1/status"], 10)
+    assert code == 0 and "\nPid:\t1\n" in out
+    assert handle.exec_in_container(["sh", "-c", "echo to-stderr >&2; exit 3"], 10) == (
+        3,
+        "to-stderr\n",
+    )
+    code, out = handle.exec_in_container(["/no/such/command"], 10)
+    assert code != 0 and out
+
+    # Past its deadline: what it printed is kept, and the command is killed, not left behind.
+    code, out = handle.exec_in_container(["sh", "-c", "echo partial; exec sleep 600"], 2)
+    assert code == -1 and out.startswith("partial\n") and "no answer within 2 s" in out
+
+    def sleepers() -> list[int]:
+        found = []
+        for pid in container_pids(handle.name):
+            with contextlib.suppress(psutil.Error):
+                if psutil.Process(pid).cmdline()[:1] == ["sleep"]:
+                    found.append(pid)
+        return found
+
+    deadline = time.monotonic() + 10
+    while sleepers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sleepers() == []
+    handle.stop(grace_s=2)
+    assert labelled(client, run_id) == []
+
+
 @pytest.mark.parametrize(
     ("ulimits", "setting"),
     [({"memlock": -1}, "memlock=unlimited"), ({"nofile": 30000}, "nofile=30000")],
@@ -370,7 +416,7 @@ COUNTER = textwrap.dedent(
 DETACHER = textwrap.dedent(
     """
     import os, pathlib, sys, time
-    from harness.cli.serve import hand_over
+    from harness.campaign.server import hand_over
     from harness.rundir import RunDir
     from harness.runtime.docker import DockerRuntime
     from harness.spec import LaunchSpec
