@@ -145,3 +145,24 @@ def test_only_the_docker_runtime_imports_docker() -> None:
         if any(i == "docker" or i.startswith("docker.") for i in imports)
     )
     assert users == ["harness.runtime.docker"]
+
+
+def _signals_groups(path: Path) -> bool:
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr == "killpg":
+            return True
+        if isinstance(node, ast.Name) and node.id == "killpg":
+            return True
+        if isinstance(node, ast.ImportFrom) and any(a.name == "killpg" for a in node.names):
+            return True
+    return False
+
+
+def test_only_procgroup_signals_process_groups() -> None:
+    users = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for path in PACKAGE.rglob("*.py")
+        if _signals_groups(path)
+    )
+    assert users == ["harness.procgroup"], "stop process groups through harness.procgroup"
