@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from harness.cli.options import core_options, runs_dir_option
+from harness.cli.options import core_options, runs_dir_option, signatures_option
 from harness.errors import BadInput, EnvironmentProblem
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
 from harness.watchdog.capture import CaptureOptions, capture_incident
@@ -72,6 +72,7 @@ from harness.watchdog.targets import Target, container_target, pid_target, run_t
     help="Per-process py-spy deadline (seconds).",
 )
 @core_options
+@signatures_option
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

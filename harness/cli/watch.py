@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
 
 from harness.cli.display import make_console
-from harness.cli.options import core_options, runs_dir_option
+from harness.cli.options import core_options, runs_dir_option, signatures_option
 from harness.rundir import runs_root
 from harness.watchdog.capture import CaptureOptions
 from harness.watchdog.command import parse_env_pairs, run_watched
+from harness.watchdog.flightrec import helper_env
 
 
 @click.command(
@@ -46,8 +48,8 @@ from harness.watchdog.command import parse_env_pairs, run_watched
 @click.option(
     "--flight-recorder",
     is_flag=True,
-    help="Turn on PyTorch's NCCL flight recorder, dumping into the run directory "
-    "(TORCH_NCCL_TRACE_BUFFER_SIZE, TORCH_NCCL_DUMP_ON_TIMEOUT, TORCH_NCCL_DEBUG_INFO_TEMP_FILE).",
+    help="Turn on PyTorch's flight recorder (NCCL and CPU/Gloo), dumped into the bundle when a "
+    "hang is captured; the summary lists each rank's last collective and the missing ranks.",
 )
 @click.option(
     "--capture-gap",
@@ -57,6 +59,7 @@ from harness.watchdog.command import parse_env_pairs, run_watched
     help="Seconds between the two stack dumps of every process.",
 )
 @core_options
+@signatures_option
 @click.option("--quiet", is_flag=True, help="Do not echo the command's output (still logged).")
 @runs_dir_option
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
@@ -87,15 +90,21 @@ def watch(
       harness watch --stall-after 120 -- torchrun --nproc-per-node 8 train.py
       harness watch --heartbeat /tmp/hb --env NCCL_DEBUG=INFO -- python train.py
       harness watch --core -- python native_job.py   # also gcore the odd process out
+      harness watch --flight-recorder -- torchrun --nproc-per-node 2 train.py
     """
     console = make_console()
+    env = parse_env_pairs(env_pairs)
+    if flight_recorder:
+        # The CPU recorder's dump helper goes first on the job's PYTHONPATH (yours after it).
+        own = env.pop("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        env = {**helper_env(own), **env}
     result = run_watched(
         list(command),
         runs_root=runs_root(runs_dir),
         stall_after_s=stall_after,
         heartbeat=heartbeat,
         on_hang="keep" if on_hang == "keep" else "stop",
-        env=parse_env_pairs(env_pairs),
+        env=env,
         flight_recorder=flight_recorder,
         console=console,
         echo=not quiet,

@@ -22,16 +22,12 @@ from typing import Any
 import httpx
 import psutil
 
+from harness.console import Console
 from harness.runtime.base import ServerHandle
 from harness.spec import WatchSettings
-from harness.watchdog.capture import (
-    _PS_STATE,
-    CaptureOptions,
-    Console,
-    ContainerExec,
-    Incident,
-    capture_incident,
-)
+from harness.watchdog.capture import CaptureOptions, Incident, capture_incident
+from harness.watchdog.probes import PS_STATE
+from harness.watchdog.pyspy import ContainerExec
 from harness.watchdog.rules import (
     CanaryProbe,
     ProcSample,
@@ -136,7 +132,7 @@ class _Observer:
                 self.procs[pid] = p
                 with p.oneshot():
                     cpu = p.cpu_percent(None)
-                    state = _PS_STATE.get(p.status(), "?")
+                    state = PS_STATE.get(p.status(), "?")
                     name = role_name(p.name(), p.cmdline())
                     threads = p.num_threads()
                 out.append(ProcSample(pid, name, state, None if first else cpu, threads))

@@ -3,12 +3,13 @@
 The seeds' recipe, automated: one small POSIX ``sh`` script runs on every node (over ssh, pdsh
 when installed, a remote shell of the user's choice such as ``docker exec {host}``, or
 ``srun --jobid ID --overlap --gres=gpu:0``); it prints the node name, the process list and two
-``py-spy dump --native`` rounds of every matching process, each dump with its own ``timeout``
-and a ``--nonblocking`` fallback. The outputs are parsed and merged into one bundle whose every
-process line names its node. A node that stops answering keeps what it printed before the
-deadline, and never costs the other nodes their dumps (pdsh and srun print every node's output
-through one pipe). Building the commands and parsing the output are pure functions
-(unit-tested); only :func:`run_remote` and :func:`capture_remote` do I/O.
+``py-spy dump --native`` rounds of every matching process (``--json`` when the node's py-spy
+has it), each dump with its own ``timeout`` and a ``--nonblocking`` fallback. The outputs are
+parsed and merged into one bundle whose every process line names its node. A node that stops
+answering keeps what it printed before the deadline, and never costs the other nodes their
+dumps (pdsh and srun print every node's output through one pipe). Building the commands and
+parsing the output are pure functions (unit-tested); only :func:`run_remote` and
+:func:`capture_remote` do I/O.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import BadInput, EnvironmentProblem
+from harness.watchdog import matching as mt
+from harness.watchdog import signatures as sg
 from harness.watchdog import stacks as st
 from harness.watchdog.redact import Redactor
 from harness.watchdog.rules import Verdict
@@ -50,11 +53,13 @@ PIDS=$(ps -u "$(id -u)" -o pid=,args= | grep -E -e {match} | grep -v -e '{mark}'
   | awk '{{print $1}}')
 echo "{mark}pids" $PIDS  # unquoted: one line, however many pids
 TMP=$(mktemp -d)
+FMT=
+"$PYSPY" dump --help 2>/dev/null | grep -q -e ' --json' && FMT=--json
 r=1
 while [ $r -le {rounds} ]; do
   for p in $PIDS; do
-    ( timeout {timeout} "$PYSPY" dump --native --pid "$p" > "$TMP/$p.$r" 2>&1 \
-      || timeout {timeout} "$PYSPY" dump --nonblocking --pid "$p" > "$TMP/$p.$r" 2>&1 \
+    ( timeout {timeout} "$PYSPY" dump $FMT --native --pid "$p" > "$TMP/$p.$r" 2>&1 \
+      || timeout {timeout} "$PYSPY" dump $FMT --nonblocking --pid "$p" > "$TMP/$p.$r" 2>&1 \
       || echo "py-spy failed (exit $?)" >> "$TMP/$p.$r" ) &
   done
   wait
@@ -242,8 +247,16 @@ def parse_node_output(text: str, fallback_host: str = "?") -> NodeDump:
 
 def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
     """Process reports (host set) and stack files (``stacks/<host>-<pid>.txt``) of one node."""
+    reports, files, _threads = _node_reports(node)
+    return reports, files
+
+
+def _node_reports(
+    node: NodeDump,
+) -> tuple[list[ProcessReport], dict[str, str], dict[tuple[str | None, int], list[st.Thread]]]:
     reports: list[ProcessReport] = []
     files: dict[str, str] = {}
+    threads: dict[tuple[str | None, int], list[st.Thread]] = {}
     for pid in node.pids:
         info = node.procs.get(pid)
         args = info.args if info else ""
@@ -259,9 +272,10 @@ def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
             host=node.host,
         )
         dumps = node.stacks.get(pid, [])
-        parsed = [st.parse_dump(d) for d in dumps]
+        parsed = [_parse(d) for d in dumps]
         parsed = [p for p in parsed if p]
         if parsed:
+            threads[(node.host, pid)] = parsed[-1]
             wait = st.process_wait(parsed[-1])
             if wait is not None:
                 rep.wait, rep.wait_frame, rep.wait_category = wait.label, wait.frame, wait.category
@@ -278,14 +292,44 @@ def node_reports(node: NodeDump) -> tuple[list[ProcessReport], dict[str, str]]:
         rel = f"stacks/{_safe(node.host)}-{pid}.txt"
         files[rel] = (
             "".join(
-                f"# node {node.host}, dump {i} of {len(dumps)}\n{d}\n"
+                f"# node {node.host}, dump {i} of {len(dumps)}\n{_for_people(d, pid, args)}\n"
                 for i, d in enumerate(dumps, 1)
             )
             or f"# node {node.host}: no dump\n"
         )
         rep.stack_files = [rel]
+        if any(_is_json(d) for d in dumps):
+            rel_json = rel.removesuffix(".txt") + ".json"
+            docs = [
+                {"n": i, "source": "py-spy --json", "threads": json.loads(d)}
+                if _is_json(d)
+                else {"n": i, "source": "py-spy text", "threads": st.to_pyspy_json(_parse(d))}
+                for i, d in enumerate(dumps, 1)
+            ]
+            files[rel_json] = json.dumps(
+                {"pid": pid, "host": node.host, "role": rep.role, "dumps": docs}, indent=2
+            )
+            rep.stack_files.append(rel_json)
         reports.append(rep)
-    return reports, files
+    return reports, files, threads
+
+
+def _is_json(dump: str) -> bool:
+    if not dump.lstrip().startswith("["):
+        return False
+    try:
+        return isinstance(json.loads(dump), list)
+    except ValueError:
+        return False
+
+
+def _parse(dump: str) -> list[st.Thread]:
+    """A node's dump: py-spy's JSON where its py-spy has ``--json``, else its text."""
+    return st.parse_json_dump(dump) if _is_json(dump) else st.parse_dump(dump)
+
+
+def _for_people(dump: str, pid: int, args: str) -> str:
+    return st.render_text(_parse(dump), f"Process {pid}: {args}") if _is_json(dump) else dump
 
 
 def _safe(host: str) -> str:
@@ -381,18 +425,23 @@ def capture_remote(
     verdict: Verdict | None = None,
     redactor: Redactor | None = None,
     started_at: float | None = None,
+    catalogue: sg.Catalogue | None = None,
 ) -> Path:
-    """Merge the nodes' dumps into one bundle in ``out_dir``; returns ``out_dir``."""
+    """Merge the nodes' dumps into one bundle in ``out_dir``; returns ``out_dir``. The known
+    signatures (``catalogue``, default: the shipped one after ``$HARNESS_SIGNATURES``' files)
+    are matched against the stacks and process states (the nodes' logs stay on the nodes)."""
     verdict = verdict or Verdict("manual", "manual", f"on-demand dump of {len(nodes)} node(s)")
     redactor = redactor or Redactor()
     out_dir.mkdir(parents=True, exist_ok=True)
     reports: list[ProcessReport] = []
     files: dict[str, str] = {}
+    threads: dict[tuple[str | None, int], list[st.Thread]] = {}
     notes: list[str] = []
     for node in nodes:
-        r, f = node_reports(node)
+        r, f, t = _node_reports(node)
         reports += r
         files.update(f)
+        threads.update(t)
         if not node.answered:
             notes.append(f"node {node.host}: no answer ({node.error or 'no output'})")
             continue
@@ -401,6 +450,10 @@ def capture_remote(
         if not node.pids:
             notes.append(f"node {node.host}: no matching process")
     odd = odd_one_out(reports)
+    facts = mt.Facts(
+        kind=verdict.kind, rule=verdict.rule, processes=reports, stacks=threads, odd=odd
+    )
+    found = mt.match_catalogue(catalogue or sg.load_catalogue(sg.user_files()), facts)
     now = time.time()
     files["processes.txt"] = processes_table(reports)
     files["incident.json"] = json.dumps(
@@ -414,6 +467,8 @@ def capture_remote(
             if odd is None
             else {"pid": odd.pid, "process": odd.label, "reason": odd.reason},
             "where": where_line(reports, odd),
+            "likely": mt.likely_line(found),
+            "signatures": [m.to_dict() for m in found],
             "processes": [r.to_dict() for r in reports],
             "notes": notes,
         },
@@ -427,6 +482,8 @@ def capture_remote(
         odd=odd,
         notes=notes,
         files=sorted({*files, "summary.md"}),
+        likely=mt.likely_line(found),
+        signatures=[m.to_dict() for m in found],
     )
     for rel, text in files.items():
         path = out_dir / rel

@@ -1,6 +1,10 @@
-"""Reading ``py-spy dump`` text (pure): threads, frames, and where a process waits.
+"""Reading ``py-spy dump`` output (pure): threads, frames, and where a process waits.
 
-A dump looks like::
+py-spy's JSON (``py-spy dump --json``: a list of threads with ``thread_name``, ``os_thread_id``,
+``active``, ``owns_gil`` and ``frames`` of ``name``, ``short_filename``, ``line``) is the
+structured form the capture uses (:func:`parse_json_dump`); the text format below is parsed
+only where JSON is not available (an older py-spy, py-spy inside a container, remote nodes),
+and rendered from the JSON for people (:func:`render_text`). A text dump looks like::
 
     Process 6621: VLLM::Worker_TP0
     Python v3.11.7 (/usr/bin/python3.11)
@@ -14,9 +18,12 @@ Frames are innermost first. ``--native`` adds C/C++ frames such as ``poll (libc.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 _THREAD = re.compile(
     r'^Thread (?P<tid>0x[0-9a-fA-F]+|\d+) \((?P<status>[^)]*)\)(?:: "(?P<name>.*)")?'
@@ -118,6 +125,8 @@ class Thread:
     status: str
     name: str
     frames: list[Frame] = field(default_factory=list)
+    active: bool | None = None  # py-spy's view: running (not idle), from JSON
+    owns_gil: bool | None = None
 
     @property
     def python_frames(self) -> list[Frame]:
@@ -155,6 +164,95 @@ def parse_dump(text: str) -> list[Thread]:
         elif line.strip() and not line.startswith((" ", "\t")):
             current = None
     return threads
+
+
+def _status(active: bool, owns_gil: bool) -> str:
+    """py-spy's text status of a thread."""
+    if active:
+        return "active+gil" if owns_gil else "active"
+    return "idle+gil" if owns_gil else "idle"
+
+
+def _frame_from_json(raw: Any) -> Frame | None:
+    if not isinstance(raw, dict):
+        return None
+    name = str(raw.get("name") or "?")
+    short = raw.get("short_filename") or raw.get("filename") or "?"
+    line = raw.get("line")
+    where = f"{short}:{line}" if isinstance(line, int) and line > 0 else str(short)
+    return Frame(name, where)
+
+
+def parse_json_dump(text: str) -> list[Thread]:
+    """The threads of one ``py-spy dump --json``, in py-spy's text order (main thread first);
+    empty when the text is not such a dump."""
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        return []
+    if not isinstance(raw, list):
+        return []
+    threads: list[Thread] = []
+    for item in reversed(raw):  # the JSON lists threads in the reverse of the text order
+        if not isinstance(item, dict):
+            continue
+        tid = item.get("os_thread_id")
+        if not isinstance(tid, int):
+            tid = item.get("thread_id")
+            tid = f"0x{tid:X}" if isinstance(tid, int) else "?"
+        active, gil = bool(item.get("active")), bool(item.get("owns_gil"))
+        frames = [f for f in map(_frame_from_json, item.get("frames") or []) if f is not None]
+        threads.append(
+            Thread(
+                str(tid),
+                _status(active, gil),
+                str(item.get("thread_name") or ""),
+                frames,
+                active=active,
+                owns_gil=gil,
+            )
+        )
+    return threads
+
+
+def to_pyspy_json(threads: Sequence[Thread]) -> list[dict[str, Any]]:
+    """Threads as py-spy's JSON objects (``thread_name``, ``active``, ``owns_gil``, ``frames``
+    of ``name``, ``filename``, ``line``): the one shape of ``stacks/<pid>.json`` when the dump
+    came as text (py-spy inside a container, an older py-spy)."""
+    out = []
+    for t in reversed(threads):  # py-spy's JSON order
+        frames = []
+        for f in t.frames:
+            path, _, line = f.where.rpartition(":")
+            if not path or not line.isdigit():
+                path, line = f.where, "0"
+            frames.append(
+                {"name": f.func, "filename": path, "short_filename": path, "line": int(line)}
+            )
+        active = t.active if t.active is not None else t.status.startswith("active")
+        gil = t.owns_gil if t.owns_gil is not None else "gil" in t.status
+        tid: Any = int(t.tid) if t.tid.isdigit() else t.tid
+        out.append(
+            {
+                "os_thread_id": tid,
+                "thread_name": t.name,
+                "active": active,
+                "owns_gil": gil,
+                "frames": frames,
+            }
+        )
+    return out
+
+
+def render_text(threads: Sequence[Thread], header: str = "") -> str:
+    """Threads in py-spy's text layout (``Thread 42 (idle): "MainThread"`` and indented
+    frames), for people reading ``stacks/<pid>.txt``."""
+    lines = [header.rstrip("\n"), ""] if header else []
+    for t in threads:
+        name = f': "{t.name}"' if t.name else ""
+        lines.append(f"Thread {t.tid} ({t.status}){name}")
+        lines.extend(f"    {f}" for f in t.frames)
+    return "\n".join(lines) + "\n"
 
 
 def collective_name(frame: Frame) -> str | None:
@@ -308,8 +406,15 @@ def process_wait(threads: list[Thread]) -> Wait | None:
     return main_wait
 
 
+#: Threads harness itself adds to a process (the flight-recorder dump helper): answering
+#: harness's own request is not the process moving.
+HARNESS_THREADS = frozenset({"harness-flight-recorder"})
+
+
 def signature(threads: list[Thread]) -> tuple[tuple[str, ...], ...]:
     """Comparable shape of a dump: each thread's Python frames (to tell stuck from slow)."""
     return tuple(
-        tuple(str(f) for f in t.python_frames) for t in sorted(threads, key=lambda t: t.tid)
+        tuple(str(f) for f in t.python_frames)
+        for t in sorted(threads, key=lambda t: t.tid)
+        if t.name not in HARNESS_THREADS
     )

@@ -5,6 +5,9 @@ The first lines of ``summary.md`` are the answer a human needs at 3 a.m.::
     engine-stall (canary) detected at 2026-11-24 01:12:03 UTC: canary request got no token ...
     Worker_TP1 stopped (state T); Worker_TP0 waits in all_reduce; EngineCore waits in
     collective_rpc; APIServer waits in the event loop
+    likely: odd-rank-out — Worker_TP1 stopped (state T) while its peers wait ...; try: ...
+
+(line 3 from the signature catalogue, :mod:`harness.watchdog.signatures`).
 """
 
 from __future__ import annotations
@@ -204,6 +207,10 @@ def _odd_host(processes: Sequence[ProcessReport], odd: OddOne) -> str | None:
     return None
 
 
+#: Line 3 of ``summary.md`` when no signature of the catalogue matched.
+NO_SIGNATURE_LINE = "no known signature matched"
+
+
 def headline(verdict: Verdict, detected_at: str) -> str:
     return f"{verdict.kind} ({verdict.rule}) detected at {detected_at}: {verdict.detail}"
 
@@ -242,9 +249,15 @@ def render_summary(
     notes: Sequence[str] = (),
     files: Sequence[str] = (),
     capture_s: float | None = None,
+    likely: str = NO_SIGNATURE_LINE,
+    signatures: Sequence[Mapping[str, Any]] = (),
+    sections: Sequence[str] = (),
 ) -> str:
-    """The text of ``summary.md``: headline first, then details."""
-    lines = [headline(verdict, detected_at), where_line(processes, odd), ""]
+    """The text of ``summary.md``: headline, where every process waits, the likely signature
+    (``likely: <name> — <cause>; try: <next step>``), then details. ``signatures``: every
+    match (``name``, ``cause``, ``next_step``, ``links``, ``evidence``); ``sections``: more
+    markdown lines (the flight recorder's)."""
+    lines = [headline(verdict, detected_at), where_line(processes, odd), likely, ""]
     lines.append(f"# Incident: {verdict.kind}")
     lines.append("")
     if also:
@@ -266,6 +279,15 @@ def render_summary(
     if gpus:
         lines.append("GPUs: " + ", ".join(f"GPU {g.index} {g.util_percent:.0f}%" for g in gpus))
         lines.append("")
+    if signatures:
+        lines.append("## Known signatures that match")
+        lines.append("")
+        for m in signatures:
+            lines.append(f"- **{m['name']}**: {m['cause']}; try: {m['next_step']}")
+            lines.extend(f"  - `{e}`" for e in m.get("evidence", []))
+            lines.extend(f"  - see {link}" for link in m.get("links", []))
+        lines.append("")
+    lines.extend(sections)
     if notes:
         lines.append("## Notes")
         lines.extend(f"- {n}" for n in notes)

@@ -17,7 +17,8 @@ import psutil
 from harness.errors import BadInput, DockerProblem, RunNotFound
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
-from harness.watchdog.capture import ContainerExec, process_tree
+from harness.watchdog.probes import process_tree
+from harness.watchdog.pyspy import ContainerExec
 
 
 @dataclass

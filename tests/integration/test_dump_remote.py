@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from harness.watchdog.capture import _run as capture_run
+from harness.watchdog.probes import run_command as capture_run
 from harness.watchdog.subproc import run_with_deadline
 from tests.conftest import REPO, require
 
