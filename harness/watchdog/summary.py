@@ -207,6 +207,10 @@ def _odd_host(processes: Sequence[ProcessReport], odd: OddOne) -> str | None:
     return None
 
 
+def _no_backticks(text: object) -> str:
+    return str(text).replace("`", "'")
+
+
 #: Line 3 of ``summary.md`` when no signature of the catalogue matched.
 NO_SIGNATURE_LINE = "no known signature matched"
 
@@ -284,7 +288,7 @@ def render_summary(
         lines.append("")
         for m in signatures:
             lines.append(f"- **{m['name']}**: {m['cause']}; try: {m['next_step']}")
-            lines.extend(f"  - `{e}`" for e in m.get("evidence", []))
+            lines.extend(f"  - `{_no_backticks(e)}`" for e in m.get("evidence", []))
             lines.extend(f"  - see {link}" for link in m.get("links", []))
         lines.append("")
     lines.extend(sections)

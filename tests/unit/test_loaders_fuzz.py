@@ -29,6 +29,8 @@ from harness.load.workload import MAX_LENGTH, PromptSpec, load_workload, read_pr
 from harness.plan import HostFacts, PlanRequest, make_plan
 from harness.profiles import load_profile
 from harness.shard.store import META_FILE, read_meta
+from harness.watchdog.matching import Facts, match_catalogue
+from harness.watchdog.signatures import load_catalogue
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HARNESS_FUZZ_EXAMPLES", "60")),
@@ -97,6 +99,31 @@ profile_settings = st.fixed_dictionaries(
         "load": st.dictionaries(st.sampled_from(["max_image_pixels"]), numbers),
         "container": st.dictionaries(st.sampled_from(["ulimits"]), st.dictionaries(keys, numbers)),
     },
+).map(lambda d: yaml.safe_dump(d).encode())
+# Signature files (--signatures): conditions with any text as the regex or value.
+conditions = st.dictionaries(
+    st.sampled_from(["log", "stack", "shape", "state", "gpus", "kind", "env", "nope"]),
+    scalars | st.text(alphabet="()[]*+?\\.|^$abc{}", max_size=10),
+    min_size=1,
+    max_size=2,
+)
+signature_settings = st.fixed_dictionaries(
+    {
+        "signatures": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.sampled_from(["a", "b-1", "Bad Name"]), "cause": scalars},
+                optional={
+                    "next_step": st.text(alphabet="ab{}odd ", max_size=10),
+                    "match": st.dictionaries(
+                        st.sampled_from(["all", "any", "none", "also", "x"]),
+                        st.lists(conditions, max_size=3),
+                    ),
+                },
+            ),
+            max_size=3,
+        )
+    },
+    optional={"version": st.sampled_from([1, 2, "1"])},
 ).map(lambda d: yaml.safe_dump(d).encode())
 yaml_flavoured = st.text(
     alphabet=st.sampled_from([*":-[]{}&*!|>'\"#%@`, ?\n\t\\abcxyz019.<", "\u2028", "\ufeff"]),
@@ -172,6 +199,12 @@ def _shard_meta(d: Path, data: bytes) -> object:
     return read_meta(d / "shard")
 
 
+def _signatures(d: Path, data: bytes) -> object:
+    catalogue = load_catalogue([_write(d / "sigs.yaml", data)])
+    # Whatever a file that loads says, matching it answers (no regex error at match time).
+    return match_catalogue(catalogue, Facts(logs=[]))
+
+
 LOADERS: dict[str, tuple[Callable[[Path, bytes], object], Any]] = {
     "profile": (_profile, yaml_documents | yaml_flavoured | profile_settings),
     "workload": (_workload, yaml_documents | yaml_flavoured | workload_settings),
@@ -179,6 +212,7 @@ LOADERS: dict[str, tuple[Callable[[Path, bytes], object], Any]] = {
     "sharegpt prompt file": (_prompts("sharegpt"), json_documents),
     "model config.json": (_model_config, json_documents),
     "shard metadata": (_shard_meta, json_documents),
+    "signature file": (_signatures, yaml_documents | yaml_flavoured | signature_settings),
 }
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from harness.watchdog.stacks import (
     Frame,
     collective_name,
     parse_dump,
+    parse_json_dump,
     process_wait,
+    render_text,
     signature,
     thread_wait,
+    to_pyspy_json,
 )
 
 FIX = Path(__file__).resolve().parents[2] / "fixtures" / "pyspy"
@@ -159,3 +163,63 @@ def test_collective_name_rules() -> None:
         == "broadcast"
     )
     assert collective_name(Frame("c10d::Work::wait", "libtorch_cpu.so")) is None
+
+
+def test_real_py_spy_json_dumps_give_the_same_answers_as_the_text() -> None:
+    # `py-spy dump --json --native` of the gloo deadlock's ranks (with harness's
+    # flight-recorder helper thread, which never counts as where a process waits).
+    rank0 = parse_json_dump((FIX / "gloo_rank0.json").read_text())
+    rank1 = parse_json_dump((FIX / "gloo_rank1.json").read_text())
+    assert [t.name for t in rank0] == ["MainThread", "harness-flight-recorder"]
+    main = rank0[0]
+    assert main.active is False and main.owns_gil is False and main.status == "idle"
+    assert any(
+        str(f) == "all_reduce (torch/distributed/distributed_c10d.py:3252)" for f in main.frames
+    )
+    assert any(not f.is_python for f in main.frames)  # native frames are kept
+    w0, w1 = process_wait(rank0), process_wait(rank1)
+    assert w0 is not None and w0.label == "all_reduce" and w0.category == "collective"
+    assert w1 is not None and w1.label.startswith("wait_for_data_that_never_comes")
+
+
+def test_json_thread_flags_and_text_rendering() -> None:
+    raw = [
+        {"os_thread_id": 7, "thread_name": "spinner", "active": True, "owns_gil": True,
+         "frames": [{"name": "spin", "short_filename": "<string>", "line": 4},
+                    {"name": "clock_nanosleep", "short_filename": "libc.so.6", "line": 0}]},
+        {"thread_id": 255, "thread_name": "MainThread", "active": False, "owns_gil": False,
+         "frames": [{"name": "<module>", "short_filename": "<string>", "line": 6}]},
+    ]  # fmt: skip
+    threads = parse_json_dump(json.dumps(raw))
+    assert [(t.tid, t.name, t.status) for t in threads] == [
+        ("0xFF", "MainThread", "idle"),
+        ("7", "spinner", "active+gil"),
+    ]
+    assert str(threads[1].frames[1]) == "clock_nanosleep (libc.so.6)"
+    text = render_text(threads, "Process 7: python -c ...")
+    assert text.splitlines()[:4] == [
+        "Process 7: python -c ...",
+        "",
+        'Thread 0xFF (idle): "MainThread"',
+        "    <module> (<string>:6)",
+    ]
+    # The rendered text parses back to the same threads (the text is for people, equal in kind).
+    again = parse_dump(text)
+    assert [(t.tid, t.status, [str(f) for f in t.frames]) for t in again] == [
+        (t.tid, t.status, [str(f) for f in t.frames]) for t in threads
+    ]
+    # And a text dump becomes py-spy's JSON shape (stacks/<pid>.json from an older py-spy).
+    back = to_pyspy_json(parse_dump((FIX / "gloo_rank0.txt").read_text()))
+    assert back[-1]["thread_name"] == "MainThread" and back[-1]["frames"][0]["line"] >= 0
+
+
+def test_not_json_is_no_threads() -> None:
+    assert parse_json_dump("Thread 1 (idle)") == [] and parse_json_dump('{"a": 1}') == []
+
+
+def test_harness_threads_never_make_a_stack_move() -> None:
+    a = parse_json_dump((FIX / "gloo_rank0.json").read_text())
+    b = parse_json_dump((FIX / "gloo_rank0.json").read_text())
+    b[1].frames = b[1].frames[1:]  # the helper thread answered a dump request in between
+    assert b[1].name == "harness-flight-recorder"
+    assert signature(a) == signature(b)

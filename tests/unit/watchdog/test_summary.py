@@ -121,3 +121,30 @@ def test_where_line_from_real_simulated_tp_stacks() -> None:
         "Worker_TP1 is not in the collective (in stuck_in_kernel; peers wait in all_reduce); "
         "Worker_TP0 waits in all_reduce"
     )
+
+
+def test_summary_line_three_names_the_likely_signature_and_lists_every_match() -> None:
+    procs = _vllm(stopped=True)
+    v = Verdict("engine-stall", "canary", "no token in 20 s")
+    base = {"verdict": v, "detected_at": "x", "processes": procs, "odd": odd_one_out(procs)}
+    assert render_summary(**base).splitlines()[2] == "no known signature matched"  # type: ignore[arg-type]
+    match = {
+        "name": "odd-rank-out",
+        "cause": "Worker_TP1 stopped (state T) while its peers wait",
+        "next_step": "kill -CONT PID",
+        "links": ["https://example.org/x"],
+        "evidence": ["Worker_TP1 stopped (state T)", "Worker_TP0 (pid 3) waits in all_reduce"],
+    }
+    likely = f"likely: odd-rank-out — {match['cause']}; try: {match['next_step']}"
+    text = render_summary(
+        **base,  # type: ignore[arg-type]
+        likely=likely,
+        signatures=[match],
+        sections=["## Flight recorder", "", "x_*: missing ranks: ...", ""],
+    )
+    lines = text.splitlines()
+    assert lines[2] == likely and lines[3] == ""
+    assert "## Known signatures that match" in lines
+    assert "  - `Worker_TP0 (pid 3) waits in all_reduce`" in lines
+    assert "  - see https://example.org/x" in lines
+    assert lines.index("## Flight recorder") > lines.index("## Known signatures that match")
