@@ -19,20 +19,19 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.campaign.signals import Terminated
+from harness.load.interrupt import run_interruptibly
 from harness.load.runner import LoadConfig, LoadRunner
 from harness.load.tokenizer import PromptTokenizer
 from harness.runtime.base import ServerHandle
 
 if TYPE_CHECKING:
     from harness.watchdog.capture import CaptureOptions, Console, Incident
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -49,18 +48,6 @@ class Segment:
     @property
     def hung(self) -> bool:
         return bool(self.incidents)
-
-
-@contextlib.contextmanager
-def _restored_signal_handlers() -> Iterator[None]:
-    """asyncio's ``remove_signal_handler`` resets to SIG_DFL; put harness's handlers back."""
-    saved = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, handler in saved.items():
-            with contextlib.suppress(ValueError, TypeError):
-                signal.signal(sig, handler)
 
 
 class RemoteStop:
@@ -94,34 +81,15 @@ class RemoteStop:
 def run_load_interruptibly(
     runner: LoadRunner, remote: RemoteStop | None = None
 ) -> tuple[dict[str, Any], int | None]:
-    """Run ``runner`` to its end in a fresh event loop. The first Ctrl-C / SIGTERM / SIGHUP
-    stops it (in-flight requests aborted and recorded, summary written); a second Ctrl-C cancels
-    outright. ``remote`` lets another thread stop it. Returns (summary, the stopping signal or
-    None)."""
-    from harness.sim.http import event_loop_factory
-
-    received: list[int] = []
-
-    async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        if remote is not None:
-            remote.attach(loop)
-
-        def on_signal(signum: int) -> None:
-            if received and signum == signal.SIGINT and task is not None:
-                task.cancel()
-            received.append(signum)
-            runner.stop("interrupted", hard=True)
-
-        for sig in _STOP_SIGNALS:
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, on_signal, sig)
-        return await runner.run()
-
-    with _restored_signal_handlers(), asyncio.Runner(loop_factory=event_loop_factory()) as r:
-        summary = r.run(main())
-    return summary, (received[0] if received else None)
+    """Run ``runner`` to its end (:func:`harness.load.interrupt.run_interruptibly`: the first
+    Ctrl-C / SIGTERM / SIGHUP stops it with its summary written, a second cancels it and is
+    raised at once). ``remote`` lets another thread stop it. Returns (summary, the stopping
+    signal or None)."""
+    outcome = run_interruptibly(runner, on_loop=remote.attach if remote is not None else None)
+    if outcome.summary is None:  # a second signal cancelled it (summary.json is written)
+        raise_for_signal(outcome.signum)
+        raise KeyboardInterrupt
+    return outcome.summary, outcome.signum
 
 
 def raise_for_signal(signum: int | None) -> None:
@@ -150,9 +118,7 @@ def load_under_watch(
     from harness.watchdog.monitor import watch_server
 
     spec = handle.spec
-    runner = LoadRunner(
-        config, base_url=spec.base_url, out_dir=out_dir, progress=False, tokenizer=tokenizer
-    )
+    runner = LoadRunner(config, base_url=spec.base_url, out_dir=out_dir, tokenizer=tokenizer)
     if on_runner is not None:
         on_runner(runner)
     segment = Segment(summary=None, started_at=time.time())

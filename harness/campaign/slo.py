@@ -72,12 +72,7 @@ def search_max_rate(
         requests = probe_requests(rate, probe_s)
         config = plan.config(spec, requests=requests, rate=rate, duration_s=None)
         config.concurrency = None  # open loop: the rate is what is searched
-        runner = LoadRunner(
-            config,
-            base_url=spec.base_url,
-            out_dir=out_dir / f"{n}-rate{rate:g}",
-            progress=False,
-        )
+        runner = LoadRunner(config, base_url=spec.base_url, out_dir=out_dir / f"{n}-rate{rate:g}")
         if progress is not None:
             progress.phase = f"SLO search: probe {n} at {rate:g} req/s"
             progress.runner = runner

@@ -66,13 +66,25 @@ class HarnessGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HarnessError as exc:
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {_in_cli_words(exc)}", err=True)
             if exc.hint:
                 click.echo(f"hint: {exc.hint}", err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             ctx.exit(130)
+
+
+def _in_cli_words(exc: HarnessError) -> str:
+    """The error's message, a load setting's rule worded with its command-line flag."""
+    if "harness.load.config" in sys.modules:  # else exc cannot be a LoadSettingError
+        from harness.load.config import LoadSettingError
+
+        if isinstance(exc, LoadSettingError):
+            from harness.cli.loadopts import FLAG_MESSAGES
+
+            return FLAG_MESSAGES.get(exc.code, exc.message)
+    return exc.message
 
 
 @click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -20,8 +20,10 @@ from typing import Any, Literal
 
 import httpx
 
+from harness.errors import EnvironmentProblem
 from harness.load.factory import PlannedRequest
 from harness.load.sse import SSEDecoder, SSEMode, StreamAccount, error_from_body
+from harness.load.tokenizer import model_dir_from_models_listing
 from harness.load.transport import LeanClient, LeanResponse, MalformedResponse
 
 Status = Literal["ok", "failed", "stalled", "aborted"]
@@ -108,6 +110,33 @@ def make_client(
     else:
         kwargs["transport"] = httpx.AsyncHTTPTransport(limits=limits, retries=0)
     return httpx.AsyncClient(**kwargs)
+
+
+async def served_model(
+    client: httpx.AsyncClient, base_url: str, *, need_name: bool = True
+) -> tuple[str | None, str | None]:
+    """The server's first model name and its local directory (``root``, when the listing has
+    one) from ``GET /v1/models``. :class:`EnvironmentProblem` when the server cannot be
+    reached, or names no model and ``need_name``."""
+    try:
+        resp = await client.get("/v1/models", timeout=30.0)
+    except httpx.HTTPError as exc:
+        raise EnvironmentProblem(
+            f"cannot reach {base_url}/v1/models: {type(exc).__name__}: {exc}",
+            hint="is the server up? (give --model to skip this check)",
+        ) from None
+    name: str | None = None
+    root: str | None = None
+    if resp.status_code == 200:
+        root = model_dir_from_models_listing(resp.content)
+        with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+            name = str(resp.json()["data"][0]["id"])
+    if name is None and need_name:
+        raise EnvironmentProblem(
+            f"{base_url}/v1/models did not name a model (HTTP {resp.status_code})",
+            hint="give --model NAME",
+        )
+    return name, root
 
 
 async def send_request(

@@ -72,6 +72,29 @@ def write_result_files(
     return [bench_path, csv_path]
 
 
+def write_summary(out_dir: Path, summary: Mapping[str, Any]) -> None:
+    """Write ``out_dir/summary.json`` (through a temporary name: never half a file)."""
+    path = Path(out_dir) / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_run_files(
+    out_dir: Path, summary: dict[str, Any], records_path: Path, *, records_offset: int = 0
+) -> None:
+    """``summary.json``, then the result files (:func:`write_result_files`); when those cannot
+    be written, ``summary.json`` says what is missing instead of the run being lost."""
+    write_summary(out_dir, summary)
+    try:
+        write_result_files(out_dir, summary, records_path, records_offset=records_offset)
+    except (OSError, ValueError) as exc:
+        summary["notes"].append(
+            f"bench_result.json / requests.csv not written: {type(exc).__name__}: {exc}"
+        )
+        write_summary(out_dir, summary)
+
+
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 

@@ -34,7 +34,10 @@ def finished_at(record: Record) -> float | None:
 class RecordStats:
     """Aggregates of finished requests; feed with :meth:`add`, read with :meth:`summary`.
 
-    ``t0`` is the wall-clock start of the campaign (window times are seconds from it).
+    ``t0`` is the wall-clock start of the campaign (window times are seconds from it). The
+    load runner feeds it as requests finish, with its own clock (``add(record, at_s=...)``),
+    and builds ``summary.json`` from it (:mod:`harness.report.loadsummary`); campaigns and
+    reports feed it the records of ``requests.jsonl``.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class RecordStats:
         self.first_sent: float | None = None
         self.last_end: float | None = None
         self.max_index = -1
+        self.last_at_s: float | None = None  # the latest finish, in seconds from t0
         # Per-request samples for significance tests and CDF plots (only when asked).
         self.samples: dict[str, list[float]] | None = (
             {name: [] for name in self.latency} if keep_samples else None
@@ -66,8 +70,9 @@ class RecordStats:
         self._rng = random.Random(0)  # reservoir sampling past max_samples, reproducibly
         self._window = 0
 
-    def add(self, record: Record) -> None:
-        """Account one finished request (a ``requests.jsonl`` line)."""
+    def add(self, record: Record, at_s: float | None = None) -> None:
+        """Account one finished request (a ``requests.jsonl`` line). ``at_s``: when it
+        finished, in seconds from ``t0`` (default: its ``sent_at`` plus its duration)."""
         status = str(record.get("status"))
         self.counts[status] = self.counts.get(status, 0) + 1
         index = record.get("index")
@@ -93,8 +98,11 @@ class RecordStats:
                 self._sample("itl", float(gap))
             if self.slo.active and self.slo.met(record):
                 self.good += 1
-        if end is not None:
-            offset = max(0.0, end - self.t0)
+        if at_s is None and end is not None:
+            at_s = end - self.t0
+        if at_s is not None:
+            offset = max(0.0, at_s)
+            self.last_at_s = offset if self.last_at_s is None else max(self.last_at_s, offset)
             self.windows.add(offset, record)
             index_now = int(offset // self.windows.width_s)
             if index_now > self._window:
@@ -124,9 +132,12 @@ class RecordStats:
     def finished(self) -> int:
         return sum(self.counts.values())
 
-    def summary(self, elapsed_s: float | None = None) -> dict[str, Any]:
+    def summary(
+        self, elapsed_s: float | None = None, *, end_s: float | None = None
+    ) -> dict[str, Any]:
         """The contract's blocks (``requests``, ``throughput``, ``latency_ms``, ``windows``,
-        ...) over ``elapsed_s`` (default: first send to last finish)."""
+        ...) over ``elapsed_s`` (default: first send to last finish); the windows run to
+        ``end_s`` seconds from ``t0`` (default: the last finish)."""
         if elapsed_s is None:
             span = (
                 (self.last_end - self.first_sent)
@@ -157,9 +168,7 @@ class RecordStats:
             "goodput": goodput(self.good, elapsed, self.finished, self.slo)
             if self.slo.active and elapsed == elapsed
             else None,
-            "windows": self.windows.series(
-                end_s=(self.last_end - self.t0) if self.last_end is not None else None
-            ),
+            "windows": self.windows.series(end_s=end_s if end_s is not None else self.last_at_s),
             "errors": dict(sorted(self.errors.items())),
             "tokens": {"output": self.output_tokens, "prompt": self.prompt_tokens},
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,19 +55,6 @@ class Response:
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
         return cls(status, json.dumps(obj, separators=(",", ":")).encode(), headers=headers or {})
-
-
-def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop's loop when it is importable (it roughly halves the per-request cost of both the
-    simulator and the load client), unless ``HARNESS_LOOP=asyncio``; else the standard loop."""
-    if os.environ.get("HARNESS_LOOP", "auto") != "asyncio":
-        try:
-            import uvloop
-
-            return uvloop.new_event_loop
-        except ImportError:
-            pass
-    return asyncio.new_event_loop
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -31,8 +31,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from harness import __version__
+from harness.eventloop import event_loop_factory
 from harness.sim.faults import Fault
-from harness.sim.http import Request, Response, event_loop_factory, start_server
+from harness.sim.http import Request, Response, start_server
 from harness.sim.workers import NO_STALL, WorkerGroup, set_process_name
 
 _WORDS_TEXT = (

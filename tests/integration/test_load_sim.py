@@ -305,9 +305,7 @@ def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
         cfg = LoadConfig(
             workload_name="chat-short", concurrency=3, requests=3, stall_after_s=30, max_tokens=10
         )
-        runner = LoadRunner(
-            cfg, base_url=url, out_dir=tmp_path, progress=False, on_stall=seen.append
-        )
+        runner = LoadRunner(cfg, base_url=url, out_dir=tmp_path, on_stall=seen.append)
         task = asyncio.create_task(runner.run())
         while len(runner.inflight()) < 3 or any(f["tokens_so_far"] < 2 for f in runner.inflight()):
             await asyncio.sleep(0.05)
@@ -347,9 +345,7 @@ def test_stall_callback(tmp_path: Path) -> None:
         workload_name="chat-short", concurrency=2, requests=2, stall_after_s=0.5, max_tokens=10
     )
     with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
-        runner = LoadRunner(
-            cfg, base_url=url, out_dir=tmp_path, progress=False, on_stall=seen.append
-        )
+        runner = LoadRunner(cfg, base_url=url, out_dir=tmp_path, on_stall=seen.append)
         summary = asyncio.run(asyncio.wait_for(runner.run(), 120))
     assert summary["requests"]["stalled"] == 2
     assert sorted(r["index"] for r in seen) == [0, 1]

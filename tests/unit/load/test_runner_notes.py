@@ -6,9 +6,12 @@ from typing import Any
 
 import pytest
 
-from harness.cli.load import _arrival, join_goodput_values, rate_line
+from harness.cli.loadopts import arrival_settings as _arrival
+from harness.cli.loadopts import join_goodput_values
+from harness.cli.loadview import rate_line
 from harness.errors import BadInput
-from harness.load.runner import LoadConfig, _expected_note
+from harness.load.config import LoadConfig
+from harness.load.config import expected_note as _expected_note
 
 
 def test_a_short_unlucky_poisson_run_says_why_its_rate_differs() -> None:
