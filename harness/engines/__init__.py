@@ -9,7 +9,7 @@ from harness.errors import PlanError
 def get_adapter(engine: str) -> EngineAdapter:
     """The adapter for ``engine`` (vllm, lmdeploy, sim)."""
     from harness.engines.lmdeploy import LMDeployAdapter
-    from harness.engines.simengine import SimAdapter
+    from harness.engines.sim import SimAdapter
     from harness.engines.vllm import VLLMAdapter
 
     adapters: dict[str, EngineAdapter] = {

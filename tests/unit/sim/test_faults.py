@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.engines.sim import sim_argv, validate_fault
+from harness.engines.sim import sim_argv, validate_fault, validate_faults
 from harness.errors import PlanError
 from harness.sim.faults import FAULT_KINDS, parse_fault, parse_faults
 
@@ -92,4 +92,19 @@ def test_sim_argv() -> None:
     with pytest.raises(PlanError):
         sim_argv(
             "/py", host="h", port=1, tp=1, served_model_name="m", faults=["nope"], extra_args=[]
+        )
+
+
+def test_a_plan_checks_the_worker_rank_against_its_tp() -> None:
+    with pytest.raises(PlanError, match="rank 1 does not exist with --tp 1"):
+        validate_faults(["worker-stall:rank=1"], tp=1)
+    with pytest.raises(PlanError, match="rank 2 does not exist"):
+        sim_argv(
+            "/py",
+            host="h",
+            port=1,
+            tp=2,
+            served_model_name="m",
+            faults=["worker-stall:rank=2"],
+            extra_args=[],
         )
