@@ -1,6 +1,6 @@
 """The lean transport's HTTP/1.1 response parser, with h11 (httpx's own parser) as the oracle.
 
-Each response is fed to a :class:`harness.load.transport._Conn` (the parser, without a socket)
+Each response is fed to a :class:`harness.load.http1.Connection` (the parser, without a socket)
 in arbitrary pieces, and to an ``h11.Connection`` in client role: both must agree on the
 status, headers, body and keep-alive, or both must refuse the response.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import h11
 import pytest
 
-from harness.load.transport import LeanClient, LeanTransport, MalformedResponse, _Conn
+from harness.load.http1 import Connection as _Conn
+from harness.load.transport import LeanClient, LeanTransport, MalformedResponse
 from tests.conftest import have_module, require
 
 
