@@ -26,7 +26,7 @@ from harness.spec import LaunchSpec
 if TYPE_CHECKING:
     from harness.load.runner import LoadRunner
 
-CampaignKind = Literal["repro-startup", "soak", "compare"]
+CampaignKind = Literal["repro-startup", "soak", "compare", "replay"]
 CAMPAIGN_FILE = "campaign.json"
 
 

@@ -32,6 +32,7 @@ _COMMANDS: list[tuple[str, str, str]] = [
     ("soak", "soak", "soak"),
     ("compare", "compare", "compare"),
     ("report", "report", "report"),
+    ("replay", "replay", "replay"),
     ("campaign-task", "campaign_task", "campaign_task"),
     ("doctor", "doctor", "doctor"),
     ("fetch", "fetch", "fetch"),

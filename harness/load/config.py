@@ -16,6 +16,7 @@ from typing import Any, Literal
 from harness.errors import BadInput
 from harness.load.arrivals import ArrivalKind, Arrivals
 from harness.load.factory import Overrides
+from harness.load.replay import ReplayItem
 from harness.load.sse import SSEMode
 from harness.load.workload import Workload
 from harness.report.exports import DEFAULT_METRIC_PERCENTILES
@@ -79,6 +80,9 @@ class LoadConfig:
     metric_percentiles: tuple[float, ...] = DEFAULT_METRIC_PERCENTILES
     # Publish the requests in flight to out_dir/inflight.json for the watchdog.
     publish_inflight: bool = True
+    # harness replay: these requests at their offsets instead of the workload and the arrivals
+    # (with ``requests`` = their number; ``rate`` is then only the open loop's switch).
+    replay: tuple[ReplayItem, ...] = ()
 
     def validate(self) -> None:
         """Raise :class:`LoadSettingError` for contradictory or out-of-range settings."""

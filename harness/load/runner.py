@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import httpx
 
+from harness.load import replay
 from harness.load.client import InFlight, make_client, send_request, served_model
 from harness.load.config import LoadConfig, LoadSettingError, expected_note
 from harness.load.factory import PlannedRequest, RequestFactory
@@ -250,6 +251,9 @@ class LoadRunner:
         return not (cfg.requests is not None and self._claimed >= cfg.requests)
 
     async def _build(self, index: int) -> PlannedRequest:
+        if self.config.replay:
+            item = self.config.replay[index - self.config.first_index]
+            return replay.planned(item, index, self.model)
         assert self.factory is not None
         if self.factory.has_images:
             # Image encoding takes milliseconds to seconds: keep it off the event loop.
@@ -271,7 +275,8 @@ class LoadRunner:
         start = loop.time()
         stop_wait = asyncio.ensure_future(self._stop.wait())
         try:
-            for index, due in enumerate(arrivals.times()):
+            times = replay.replay_times(cfg.replay) if cfg.replay else arrivals.times()
+            for index, due in enumerate(times):
                 if not self._budget_left():
                     break
                 if cfg.duration_s is not None and due >= cfg.duration_s:

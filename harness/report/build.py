@@ -3,7 +3,7 @@
 Works on what the run recorded (``campaign.json``, ``summary.json``, ``starts.jsonl``,
 ``cells.jsonl``, ``requests.jsonl``, incidents), so a report can be rendered again at any time,
 including for a campaign that was interrupted. One builder per kind: compare, repro-startup,
-soak, and a plain run (``harness load`` or ``harness serve`` with its incidents).
+soak, replay, and a plain run (``harness load`` or ``harness serve`` with its incidents).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from harness.records import read_json
 from harness.report.document import Document, render_html, render_markdown
 from harness.report.page_compare import build_compare
 from harness.report.page_load import build_run, build_soak
+from harness.report.page_replay import build_replay
 from harness.report.page_startup import build_repro
 
 Builder = Callable[[Path, dict[str, Any], dict[str, Any]], Document]
@@ -51,4 +52,5 @@ _BUILDERS: dict[str, Builder] = {
     "compare": build_compare,
     "repro-startup": build_repro,
     "soak": build_soak,
+    "replay": build_replay,
 }
