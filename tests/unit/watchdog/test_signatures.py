@@ -231,9 +231,12 @@ def test_vllm_shm_broadcast_stall_names_the_stopped_worker() -> None:
 
 
 def test_odd_rank_out() -> None:
-    procs = tp_pair("vllm_worker_tp0_all_reduce.json", "vllm_worker_idle.json", state1="T")
+    # The real capture: Worker_TP1 stopped inside all_reduce, Worker_TP0 waiting in it.
+    procs = tp_pair("vllm_worker_tp0_all_reduce.json", "vllm_worker_tp1_stopped.json", "T")
     m = first(facts(*procs))
     assert m.name == "odd-rank-out"
+    # Both "in" the same collective, but one is stopped: not a transport that never completes.
+    assert "collective-never-completes" not in names(facts(*procs))
     assert m.cause.startswith("Worker_TP1 stopped (state T) while its peers wait")
     assert m.evidence[0] == "Worker_TP1 stopped (state T)"
     assert m.evidence[1] == "Worker_TP0 (pid 11) waits in all_reduce"
