@@ -1,7 +1,11 @@
 """The real hang: vLLM CPU at TP=2 under ``harness serve``, one TP worker stopped mid-stream.
 
-Also checks that secrets from the environment never reach ``runs/`` (grep every file).
-One module-scoped server; always killed in teardown (process group, SIGKILL escalation).
+The watchdog's incident names the stopped worker and a known signature (line 3 of summary.md);
+the worker stays stopped until vLLM complains (``No available shared memory broadcast block
+found in 60 seconds``), and ``harness dump`` of the same server then names the shared-memory
+broadcast signature and the stopped worker. Also checks that secrets from the environment never
+reach ``runs/`` (grep every file). One module-scoped server; always killed in teardown (process
+group, SIGKILL escalation).
 """
 
 from __future__ import annotations
@@ -147,12 +151,14 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     assert len(tokens) >= 5, errors
     worker = served.worker("Worker_TP1")
     os.kill(worker, signal.SIGSTOP)
+    stopped_at = time.monotonic()
     try:
         summary = served.run_dir() / "incidents" / "1" / "summary.md"
         deadline = time.monotonic() + 180
         while not summary.exists() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert summary.exists(), "no incident within 180 s"
+        later = _dump_after_the_engine_complains(served, stopped_at)
     finally:
         os.kill(worker, signal.SIGCONT)
     bundle = summary.parent
@@ -160,7 +166,29 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     assert lines[0].startswith("engine-stall"), lines[0]
     assert lines[1].startswith("Worker_TP1 stopped (state T)"), lines[1]
     assert "EngineCore waits in collective_rpc" in lines[1]
+    # Line 3: the known signature and what to try; incident.json has the evidence.
+    assert lines[2].startswith("likely: odd-rank-out — Worker_TP1 stopped (state T)"), lines[2]
+    assert "; try: " in lines[2] and "kill -CONT" in lines[2]
     incident = json.loads((bundle / "incident.json").read_text())
+    (first, *_) = incident["signatures"]
+    assert first["name"] == "odd-rank-out"
+    assert "Worker_TP1 stopped (state T)" in first["evidence"]
+    assert any(e.startswith("Worker_TP0 (pid ") and "all_" in e for e in first["evidence"])
+    # The same hang 60 s on: vLLM's own complaint, the broadcast signature naming the worker.
+    later_lines = (later / "summary.md").read_text().splitlines()
+    assert later_lines[2].startswith("likely: vllm-shm-broadcast-stall — "), later_lines[2]
+    assert "Worker_TP1 stopped (state T)" in later_lines[2] and "; try: " in later_lines[2]
+    later_doc = json.loads((later / "incident.json").read_text())
+    shm = next(m for m in later_doc["signatures"] if m["name"] == "vllm-shm-broadcast-stall")
+    assert any(
+        e.startswith("server.log.tail:")
+        and "No available shared memory broadcast block found in 60 seconds" in e
+        for e in shm["evidence"]
+    ), shm
+    # Stacks came from py-spy's JSON, the text kept for people.
+    tp0 = next(p for p in incident["processes"] if p["role"] == "Worker_TP0")
+    doc = json.loads((bundle / f"stacks/{tp0['pid']}.json").read_text())
+    assert [d["source"] for d in doc["dumps"]] == ["py-spy --json", "py-spy --json"]
     assert incident["kind"] == "engine-stall"
     assert incident["odd_one_out"]["process"] == "Worker_TP1"
     roles = {p["role"]: p for p in incident["processes"]}
@@ -187,6 +215,26 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     t.join(timeout=240)
     assert not t.is_alive() and not errors, errors
     assert len(tokens) > n
+
+
+def _dump_after_the_engine_complains(served: Served, stopped_at: float) -> Path:
+    """Wait (Worker_TP1 still stopped) for vLLM's shared-memory broadcast complaint, which
+    comes 60 s into the wait, then ``harness dump`` the server; returns the new bundle."""
+    log = served.run_dir() / "server.log"
+    needle = "No available shared memory broadcast block found"
+    deadline = stopped_at + 150
+    while needle not in log.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "vLLM never complained within 150 s of the stop"
+        time.sleep(1)
+    waited = time.monotonic() - stopped_at
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "dump", served.run_dir().name,
+         "--runs-dir", str(served.runs), "--gap", "1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    print(f"vLLM complained {waited:.0f} s after the stop")
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def test_no_secret_value_under_runs(served: Served) -> None:
