@@ -12,7 +12,7 @@ from rich.console import Console
 from harness.cli.options import core_options, runs_dir_option, signatures_option
 from harness.errors import BadInput, EnvironmentProblem
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
-from harness.watchdog.capture import CaptureOptions, capture_incident
+from harness.watchdog.capture import CaptureOptions, ContainerExec, capture_incident
 from harness.watchdog.redact import Redactor
 from harness.watchdog.remote import (
     DEFAULT_MATCH,
@@ -149,9 +149,9 @@ def dump(
     target: Target
     if run_id:
         run = open_run(root, run_id)
-        target = run_target(run)
+        target = run_target(run, _container_access)
     else:
-        target = pid_target(pids) if pids else container_target(str(container))
+        target = pid_target(pids) if pids else container_target(str(container), _container_access)
         run = RunDir(root / new_run_id("dump")).create()
     incident = capture_incident(
         run,
@@ -208,3 +208,10 @@ def _dump_nodes(
     capture_remote(out_dir, nodes, redactor=Redactor.from_envs(), started_at=started)
     console.print((out_dir / "summary.md").read_text().splitlines()[1], markup=False)
     click.echo(str(out_dir))
+
+
+def _container_access(name: str) -> tuple[list[int], ContainerExec]:
+    # Imported when a container is dumped: the Docker SDK costs start-up time otherwise.
+    from harness.runtime.docker_runs import container_access
+
+    return container_access(name)

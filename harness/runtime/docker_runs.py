@@ -6,7 +6,7 @@ reached through :mod:`harness.runtime.docker` (the only module importing it).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from harness.errors import BadInput, DockerProblem
 from harness.runtime.docker import (
     Container,
     DockerClient,
+    container_exec,
+    container_pids,
     docker_client,
     harness_containers,
     sdk_errors,
@@ -122,3 +124,12 @@ def docker_down(
     with ThreadPoolExecutor(max_workers=min(8, len(containers))) as pool:
         names = list(pool.map(down, containers))
     return sorted(names)
+
+
+def container_access(
+    name_or_id: str,
+) -> tuple[list[int], Callable[[Sequence[str], float], tuple[int, str]]]:
+    """A running container (any, not only harness's) for ``harness dump --container``: the
+    host pids of its processes and a way to run commands inside it (one Docker client)."""
+    client = docker_client()
+    return container_pids(name_or_id, client), container_exec(name_or_id, client)

@@ -1,24 +1,25 @@
 """Which processes ``harness dump`` captures: a run's server, a pid's tree, a container's.
 
-Containers are resolved through :mod:`harness.runtime.docker` when it offers
-``container_pids``/``container_exec``; otherwise through the ``docker`` command line (this
-package never imports the Docker SDK).
+Containers are resolved by the caller's :data:`ContainerAccess` (the command line passes the
+Docker runtime's :func:`harness.runtime.docker_runs.container_access`): this package neither
+imports the runtime nor runs the ``docker`` command.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import psutil
 
-from harness.errors import BadInput, DockerProblem, RunNotFound
+from harness.errors import BadInput, RunNotFound
 from harness.rundir import RunDir
 from harness.spec import LaunchSpec
 from harness.watchdog.probes import process_tree
 from harness.watchdog.pyspy import ContainerExec
+
+#: Container name -> (host pids of its processes, PID 1 first; a way to run commands inside).
+ContainerAccess = Callable[[str], tuple[list[int], ContainerExec]]
 
 
 @dataclass
@@ -39,74 +40,13 @@ def pid_target(pids: Sequence[int]) -> Target:
     return Target(out, "pid " + ", ".join(str(p) for p in pids))
 
 
-def _docker_cli() -> str:
-    exe = shutil.which("docker")
-    if exe is None:
-        raise DockerProblem("the docker command is not installed here")
-    return exe
+def container_target(name: str, access: ContainerAccess) -> Target:
+    """Every process of container ``name``, with a way to run py-spy inside it."""
+    pids, run_inside = access(name)
+    return Target(pids, f"container {name}", run_inside)
 
 
-def container_pids(name: str) -> list[int]:
-    """Host PIDs of every process in container ``name`` (its PID 1 first)."""
-    try:
-        from harness.runtime import docker as rt
-
-        fn = getattr(rt, "container_pids", None)
-        if callable(fn):
-            return [int(p) for p in fn(name)]
-    except ImportError:
-        pass
-    cp = subprocess.run(
-        [_docker_cli(), "inspect", "--format", "{{.State.Pid}}", name],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    if cp.returncode != 0 or not cp.stdout.strip().isdigit():
-        raise DockerProblem(
-            f"no running container {name!r}: {cp.stderr.strip()[:200]}", hint="docker ps"
-        )
-    init = int(cp.stdout.strip())
-    if init == 0:
-        raise DockerProblem(f"container {name!r} is not running", hint="docker ps -a")
-    return process_tree(init)
-
-
-def container_exec(name: str) -> ContainerExec:
-    """Runs a command inside container ``name`` (``docker exec``): py-spy without host ptrace."""
-    try:
-        from harness.runtime import docker as rt
-
-        fn = getattr(rt, "container_exec", None)
-        if callable(fn):
-            result: ContainerExec = fn(name)
-            return result
-    except ImportError:
-        pass
-    exe = _docker_cli()
-
-    def run(argv: Sequence[str], timeout: float) -> tuple[int, str]:
-        try:
-            cp = subprocess.run(
-                [exe, "exec", name, *argv],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                errors="replace",
-            )
-        except subprocess.TimeoutExpired:
-            return -1, f"docker exec timed out after {timeout:g} s"
-        return cp.returncode, cp.stdout + cp.stderr
-
-    return run
-
-
-def container_target(name: str) -> Target:
-    pids = container_pids(name)
-    return Target(pids, f"container {name}", container_exec(name))
-
-
-def run_target(run: RunDir) -> Target:
+def run_target(run: RunDir, access: ContainerAccess) -> Target:
     """The live server of a run harness started (local process group or container)."""
     spec: LaunchSpec | None = None
     try:
@@ -118,7 +58,7 @@ def run_target(run: RunDir) -> Target:
         spec and spec.container
     ):
         name = str(state.get("container") or state.get("container_name") or spec.container.name)
-        t = container_target(name)
+        t = container_target(name, access)
         t.spec = spec
         return t
     pid = state.get("pid")

@@ -166,3 +166,30 @@ def test_only_procgroup_signals_process_groups() -> None:
         if _signals_groups(path)
     )
     assert users == ["harness.procgroup"], "stop process groups through harness.procgroup"
+
+
+_RUNNERS = {"which", "run", "Popen", "call", "check_call", "check_output", "run_with_deadline"}
+
+
+def _runs_the_docker_cli(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.List | ast.Tuple) and node.elts:
+            first = node.elts[0]
+            if isinstance(first, ast.Constant) and first.value == "docker":
+                return True
+        if isinstance(node, ast.Call) and node.args:
+            name = node.func.attr if isinstance(node.func, ast.Attribute) else None
+            name = node.func.id if isinstance(node.func, ast.Name) else name
+            first = node.args[0]
+            if name in _RUNNERS and isinstance(first, ast.Constant) and first.value == "docker":
+                return True
+    return False
+
+
+def test_the_watchdog_reaches_containers_through_the_runtime_not_the_docker_cli() -> None:
+    users = sorted(
+        str(path.relative_to(REPO))
+        for path in (PACKAGE / "watchdog").rglob("*.py")
+        if _runs_the_docker_cli(path)
+    )
+    assert users == [], "use the Docker runtime's handle (exec_in_container) or container_access"
