@@ -14,7 +14,7 @@ import concurrent.futures as cf
 import contextlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,10 @@ def write_cores(
     if console is not None and gcore is not None and targets:
         names = ", ".join(t.role for t in targets)
         console.print(f"taking {len(targets)} core file(s) with gcore: {names}")
-    results, skipped = cr.take_cores(targets, bundle=w.root, gcore=gcore, timeout_s=core_timeout_s)
+    with _text_in_cores([t.pid for t in targets]):
+        results, skipped = cr.take_cores(
+            targets, bundle=w.root, gcore=gcore, timeout_s=core_timeout_s
+        )
     pattern = cr.read_core_pattern()
     readme = cr.render_readme(
         results,
@@ -228,6 +231,34 @@ def write_cores(
         "results": docs,
         "skipped": skipped,
     }
+
+
+#: ``/proc/<pid>/coredump_filter`` bit 2: file-backed private mappings (the text of the
+#: executable and its libraries). gcore honours the filter; without this bit a core holds no
+#: executable segment and ``py-spy dump --core`` cannot find the Python binary in it.
+_FILE_PRIVATE = 0x4
+
+
+@contextlib.contextmanager
+def _text_in_cores(pids: Sequence[int]) -> Iterator[None]:
+    """While the cores are taken, let them hold the executables' text (a few MiB for Python,
+    some hundred MiB for torch's libraries); each process's own filter is put back after."""
+    saved: dict[int, str] = {}
+    for pid in pids:
+        path = Path(f"/proc/{pid}/coredump_filter")
+        try:
+            old = path.read_text().strip()
+            if not int(old, 16) & _FILE_PRIVATE:
+                path.write_text(f"0x{int(old, 16) | _FILE_PRIVATE:x}")
+                saved[pid] = old
+        except (OSError, ValueError):
+            continue
+    try:
+        yield
+    finally:
+        for pid, old in saved.items():
+            with contextlib.suppress(OSError):
+                Path(f"/proc/{pid}/coredump_filter").write_text(f"0x{old}")
 
 
 def _py_spy_of_cores(

@@ -72,6 +72,7 @@ def test_dump_core_of_a_stopped_child_and_its_peer(
     _need_gdb()
     root, (stopped, peer) = tree
     os.kill(stopped, signal.SIGSTOP)
+    filters = {pid: Path(f"/proc/{pid}/coredump_filter").read_text() for pid in (stopped, peer)}
     runs = tmp_path / "runs"
     out = subprocess.run(
         [
@@ -118,6 +119,13 @@ def test_dump_core_of_a_stopped_child_and_its_peer(
         )
         assert "#0 " in bt.stdout, bt.stdout + bt.stderr
         assert "not in executable format" not in bt.stderr
+        # The Python stacks, read from the core by py-spy (no gdb), saved next to it.
+        assert r["py_spy"] == f"cores/core.{pid}.py-spy.txt"
+        stacks = (bundle / r["py_spy"]).read_text()
+        assert "sleeper (<string>:3)" in stacks, stacks
+    # The processes' own core filters are as they were.
+    for pid in (stopped, peer):
+        assert Path(f"/proc/{pid}/coredump_filter").read_text() == filters[pid]
     readme = (bundle / "cores" / "README.txt").read_text()
     assert f"cores/core.{stopped}" in readme and "thread apply all bt" in readme
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
