@@ -23,7 +23,7 @@ from harness.cli.campaignopts import (
 )
 from harness.cli.display import make_console
 from harness.cli.load import Duration
-from harness.cli.options import runs_dir_option
+from harness.cli.options import runs_dir_option, signatures_option
 from harness.cli.planopts import plan_options, pop_plan_options
 from harness.errors import BadInput, HangDetected
 from harness.profiles import split_profile_list
@@ -83,6 +83,7 @@ def parse_tp_list(text: str) -> list[int]:
 @startup_timeout_option
 @stall_after_option
 @slurm_options
+@signatures_option
 @runs_dir_option
 def compare(
     repeats: int,

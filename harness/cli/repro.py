@@ -19,7 +19,7 @@ from harness.cli.campaignopts import (
     write_reports,
 )
 from harness.cli.display import make_console
-from harness.cli.options import runs_dir_option
+from harness.cli.options import runs_dir_option, signatures_option
 from harness.cli.planopts import plan_options, pop_plan_options
 from harness.errors import BadInput, HangDetected
 from harness.rundir import RunDir, new_run_id, runs_root
@@ -42,6 +42,7 @@ from harness.rundir import RunDir, new_run_id, runs_root
     help="--engine sim only: start n uses fault seed SEED+n (reproducible fault decisions).",
 )
 @slurm_options
+@signatures_option
 @runs_dir_option
 def repro_startup(
     runs: int,

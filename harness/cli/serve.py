@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from harness.cli.display import StartupDisplay, make_console
-from harness.cli.options import runs_dir_option
+from harness.cli.options import runs_dir_option, signatures_option
 from harness.cli.planopts import build_spec, plan_options, pop_plan_options
 from harness.rundir import runs_root
 
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     help="After a hang (or a missed startup deadline): keep the server for a human to attach "
     "(default), stop it, or restart it.",
 )
+@signatures_option
 @runs_dir_option
 def serve(
     detach: bool,

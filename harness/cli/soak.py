@@ -20,7 +20,7 @@ from harness.cli.campaignopts import (
 )
 from harness.cli.display import make_console
 from harness.cli.load import Duration
-from harness.cli.options import runs_dir_option
+from harness.cli.options import runs_dir_option, signatures_option
 from harness.cli.planopts import plan_options, pop_plan_options
 from harness.errors import BadInput, HangDetected
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
@@ -46,6 +46,7 @@ from harness.rundir import RunDir, new_run_id, open_run, runs_root
     help="Go on with a soak whose harness was killed (same plan, same load, numbering and "
     "elapsed time carried on).",
 )
+@signatures_option
 @runs_dir_option
 def soak(
     duration: float | None,
