@@ -136,6 +136,5 @@ class Progress:
         pass
 
     def requests_done(self) -> int | None:
-        runner = self.runner
-        stats = runner.stats if runner is not None else None
-        return stats.finished if stats is not None else None
+        status = self.runner.status() if self.runner is not None else None
+        return status.finished if status is not None else None
