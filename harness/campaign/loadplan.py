@@ -93,4 +93,5 @@ class LoadPlan(BaseModel):
             tokenizer=local_model,
             slo=self.slo,
             first_index=first_index,
+            api_key=spec.env.get("VLLM_API_KEY") or None,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 
 import click
 
@@ -220,6 +221,10 @@ def load(
     A stalled request never holds the client: after --stall-after without a token (or the
     --deadline) it is recorded as 'stalled' with the time of its last token.
 
+    A server started with an API key gets it as a bearer token from OPENAI_API_KEY (as
+    `vllm bench serve` reads it), or with --run from the variable the run's engine reads
+    (VLLM_API_KEY for vLLM), exported in this shell: runs/ never holds it.
+
     Exit code: 0 when the run finished (whatever the server did); 1 when the error budget was
     exceeded, or any request stalled and --fail-on-stall was given; 2 for bad input; 3 when the
     server cannot be reached.
@@ -274,6 +279,7 @@ def load(
         keep_itl=not no_itl,
         requested_run=run_id,
         metric_percentiles=percentiles,
+        api_key=api_key_from_environment(spec),
     )
     config.validate()
     created = run is None
@@ -314,6 +320,18 @@ def load(
         raise CheckFailed(
             f"{summary['requests']['stalled']} request(s) stalled; see {run.requests}"
         )
+
+
+def api_key_from_environment(spec: LaunchSpec | None) -> str | None:
+    """The key to send: the run's engine variable (masked in its launch_spec.json, so taken
+    from this environment), else OPENAI_API_KEY."""
+    from harness.redact import is_secret_name
+
+    if spec is not None:
+        for name in spec.env:
+            if is_secret_name(name) and name.endswith("API_KEY") and os.environ.get(name):
+                return os.environ[name]
+    return os.environ.get("OPENAI_API_KEY") or None
 
 
 def _launch_spec(run: RunDir) -> LaunchSpec:

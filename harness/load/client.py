@@ -69,11 +69,17 @@ def client_timeouts(stall_after_s: float, connect_s: float = 10.0) -> httpx.Time
 
 
 def make_client(
-    base_url: str, *, stall_after_s: float, max_connections: int | None, transport: str = "lean"
+    base_url: str,
+    *,
+    stall_after_s: float,
+    max_connections: int | None,
+    transport: str = "lean",
+    api_key: str | None = None,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` for the run. ``transport``: ``lean`` (harness's own, the
     fastest; see :mod:`harness.load.transport`), ``httpx`` (httpcore) or ``aiohttp``
-    (the ``httpx-aiohttp`` package)."""
+    (the ``httpx-aiohttp`` package). ``api_key``: sent as a bearer token, as OpenAI clients
+    and ``vllm bench serve`` do."""
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections or 1024
     )
@@ -90,6 +96,8 @@ def make_client(
         },
         "trust_env": False,
     }
+    if api_key:
+        kwargs["headers"]["authorization"] = f"Bearer {api_key}"
     if transport == "aiohttp":
         try:
             import aiohttp

@@ -80,6 +80,9 @@ class LoadConfig:
     metric_percentiles: tuple[float, ...] = DEFAULT_METRIC_PERCENTILES
     # Publish the requests in flight to out_dir/inflight.json for the watchdog.
     publish_inflight: bool = True
+    # Sent as "Authorization: Bearer ..." (a server started with an API key). Never recorded:
+    # summary.json and the result files do not hold it.
+    api_key: str | None = field(default=None, repr=False)
     # harness replay: these requests at their offsets instead of the workload and the arrivals
     # (with ``requests`` = their number; ``rate`` is then only the open loop's switch).
     replay: tuple[ReplayItem, ...] = ()

@@ -162,6 +162,7 @@ class LoadRunner:
             stall_after_s=cfg.stall_after_s,
             max_connections=max_conn,
             transport=cfg.http,
+            api_key=cfg.api_key,
         )
         try:
             await self._prepare(client)

@@ -9,6 +9,7 @@ the ``campaign_runs`` fixture does after every test, passed or failed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -27,8 +28,8 @@ def harness_argv(runs: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args]
 
 
-def start(runs: Path, *args: str) -> subprocess.Popen[str]:
-    """``harness ARGS`` in its own session, output captured."""
+def start(runs: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``harness ARGS`` in its own session, output captured (``env``: added variables)."""
     return subprocess.Popen(
         harness_argv(runs, *args),
         stdin=subprocess.DEVNULL,
@@ -36,6 +37,7 @@ def start(runs: Path, *args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, **env} if env else None,
     )
 
 
@@ -50,9 +52,11 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedP
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def run(runs: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(
+    runs: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """``harness ARGS`` to its end (bounded by ``timeout``)."""
-    return finish(start(runs, *args), timeout)
+    return finish(start(runs, *args, env=env), timeout)
 
 
 def stop_all_under(runs: Path) -> list[int]:

@@ -80,6 +80,17 @@ def test_api_key_flag_is_in_effect_and_written_nowhere(
         auth = {"Authorization": f"Bearer {API_KEY}"}
         allowed = httpx.post(f"{base}/v1/chat/completions", json=body, headers=auth, timeout=300)
         assert allowed.status_code == 200, allowed.text
+        # harness load against the run sends the key it finds exported (never recorded).
+        loaded = run(
+            runs,
+            *("load", "--run", run_dir.name, "-n", "4", "-c", "2", "--max-tokens", "4"),
+            "--no-progress",
+            timeout=300,
+            env={"VLLM_API_KEY": API_KEY},
+        )
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+        statuses = [json.loads(line)["status"] for line in (run_dir / "requests.jsonl").open()]
+        assert statuses == ["ok"] * 4, statuses
 
         # In no command line of any process of the server (readable by every user).
         for proc in procs:
