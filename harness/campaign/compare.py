@@ -34,7 +34,8 @@ from harness.runtime.base import ServerHandle
 from harness.runtime.local import check_port_free
 
 if TYPE_CHECKING:
-    from harness.watchdog.capture import CaptureOptions, Console
+    from harness.console import Console
+    from harness.watchdog.capture import CaptureOptions
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ from harness.runtime.local import check_port_free
 from harness.spec import LaunchSpec
 
 if TYPE_CHECKING:
-    from harness.watchdog.capture import CaptureOptions, Console
+    from harness.console import Console
+    from harness.watchdog.capture import CaptureOptions
 
 ATTEMPTS_FILE = "attempts.jsonl"
 REPLAYED_FILE = "replayed.jsonl"

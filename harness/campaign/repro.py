@@ -28,7 +28,8 @@ from harness.runtime.base import ServerHandle
 from harness.runtime.local import check_port_free
 
 if TYPE_CHECKING:
-    from harness.watchdog.capture import CaptureOptions, Console
+    from harness.console import Console
+    from harness.watchdog.capture import CaptureOptions
 
 STARTS_FILE = "starts.jsonl"
 _OUTCOME = {"healthy": "healthy", "exited": "crash", "timeout": "hang", "log-silence": "hang"}

@@ -31,7 +31,8 @@ from harness.load.tokenizer import PromptTokenizer
 from harness.runtime.base import ServerHandle
 
 if TYPE_CHECKING:
-    from harness.watchdog.capture import CaptureOptions, Console, Incident
+    from harness.console import Console
+    from harness.watchdog.capture import CaptureOptions, Incident
 
 
 @dataclass

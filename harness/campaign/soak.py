@@ -43,7 +43,8 @@ from harness.runtime.local import stop_local_run
 from harness.spec import LaunchSpec
 
 if TYPE_CHECKING:
-    from harness.watchdog.capture import CaptureOptions, Console
+    from harness.console import Console
+    from harness.watchdog.capture import CaptureOptions
 
 STATE_FILE = "soak.json"
 #: How often the checkpoint (elapsed time) is written while a soak runs.
