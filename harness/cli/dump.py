@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from harness.cli.display import make_console
 from harness.cli.options import core_options, runs_dir_option, signatures_option
 from harness.errors import BadInput, EnvironmentProblem
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
@@ -119,7 +120,7 @@ def dump(
     A node that does not answer is named with the reason (exit 3 when none answered); one
     that stops answering keeps what it printed before --host-timeout.
     """
-    console = Console(stderr=True)
+    console = make_console()
     chosen = [x for x in (run_id, pids or None, container, hosts, slurm_job) if x]
     if len(chosen) != 1:
         raise BadInput(
