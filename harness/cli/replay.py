@@ -92,13 +92,12 @@ def replay(
       harness replay runs/.../incidents/1 --url http://127.0.0.1:8000 --times 5
     """
     from harness.campaign.base import Progress, Slot, start_campaign
-    from harness.campaign.replay import (
-        ReplayOptions,
+    from harness.campaign.replay import ReplayOptions, run_replay
+    from harness.campaign.replaysource import (
         ServerPlanner,
         describe_items,
         incident_planner,
         read_source,
-        run_replay,
     )
     from harness.campaign.server import check_engine_installed
 
