@@ -15,19 +15,30 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, cast
 
 from harness.containerplan import ENGINE_NAMES
 from harness.engines import LaunchRequest, get_adapter
+from harness.engines.base import EngineAdapter, NodeLaunch
 from harness.errors import PlanError
 from harness.imagelimits import image_limit_warnings
-from harness.profiles import MAX_SECONDS, PLACEHOLDERS, compose
+from harness.nodeplan import (
+    DEFAULT_MASTER_PORT,
+    NET_PROFILE,
+    NodeFacts,
+    NodeNetwork,
+    is_loopback,
+    network_problems,
+    node_network,
+)
+from harness.profiles import MAX_SECONDS, PLACEHOLDERS, ComposedProfile, compose
 from harness.spec import (
     ContainerSpec,
     Deadlines,
     EngineName,
     LaunchSpec,
+    NodeSpec,
     OnHang,
     RuntimeName,
     WatchSettings,
@@ -111,6 +122,14 @@ class PlanRequest:
     sharded_copy: str | None = None
     #: What choosing the model's copy has to say (local copy used, sharded copies not used).
     model_notes: tuple[str, ...] = ()
+    #: Multi-node (``--nodes N --node-hosts ...``): every node's facts, the head first; empty
+    #: on one machine (:mod:`harness.nodeplan`).
+    nodes: tuple[NodeFacts, ...] = ()
+    #: ``--net-iface`` / ``--host-ip`` per node (host -> value; ``""``: every node).
+    node_ifaces: Mapping[str, str] = field(default_factory=dict)
+    node_addresses: Mapping[str, str] = field(default_factory=dict)
+    #: The head's torch.distributed port (vLLM ``--master-port``).
+    master_port: int = DEFAULT_MASTER_PORT
 
 
 def served_model_name(model: str) -> str:
@@ -201,9 +220,15 @@ def _format_values(values: list[int]) -> str:
     return ", ".join(str(v) for v in values) or "none"
 
 
-def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, str]) -> list[str]:
+def _check_tp(
+    request: PlanRequest,
+    host: HostFacts,
+    profile_env: Mapping[str, str],
+    where: str = "this host has",
+) -> list[str]:
     """Refuse a TP the model or the host cannot take (one line listing the valid values);
-    return warnings for what a profile chose to override."""
+    return warnings for what a profile chose to override. ``where`` names the machines whose
+    cores or GPUs ``host`` counts (several nodes: their sum)."""
     tp = request.tp
     facts = request.model_facts if request.engine != "sim" else None
     limit: tuple[int, str] | None = None
@@ -229,7 +254,7 @@ def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, s
         valid = f"valid: {_format_values(here)}"
         if beyond and limit is not None:
             needs = "needs" if len(beyond) == 1 else "need"
-            valid += f"; {_format_values(beyond)} {needs} more {limit[1]} than this host has"
+            valid += f"; {_format_values(beyond)} {needs} more {limit[1]} than {where}"
         assert facts is not None
         raise PlanError(
             f"--tp {tp} does not fit {request.model}: {misfit} ({valid})",
@@ -240,8 +265,7 @@ def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, s
         count, unit = limit
         if unit == "GPUs":
             raise PlanError(
-                f"--tp {tp} needs {tp} GPUs but this host has {count} "
-                f"(valid: {_format_values(here)})",
+                f"--tp {tp} needs {tp} GPUs but {where} {count} (valid: {_format_values(here)})",
                 hint="lower --tp, or plan for another host with --device cuda",
             )
         # vLLM CPU binds each rank's OpenMP threads to its own cores, and its shared-memory
@@ -252,7 +276,7 @@ def _check_tp(request: PlanRequest, host: HostFacts, profile_env: Mapping[str, s
         # this tool hunts.
         raise PlanError(
             f"--tp {tp} needs {tp} cores for vLLM's CPU backend (one core set per rank, "
-            f"{CPU_BIND_VARIABLE}) but this host has {count} (valid: {_format_values(here)})",
+            f"{CPU_BIND_VARIABLE}) but {where} {count} (valid: {_format_values(here)})",
             hint=f"lower --tp, run where more cores are free, or set {CPU_BIND_VARIABLE} in a "
             "profile to bind the ranks yourself",
         )
@@ -276,18 +300,33 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         raise PlanError("--fault is only for --engine sim (the simulated engine)")
     adapter = get_adapter(request.engine)
     run_dir = os.path.join(request.runs_root, request.run_id)
+    networks = _node_networks(request)
     variables: dict[str, str | None] = {
         "run_dir": run_dir,
-        "iface": host.iface,
-        "host_ip": host.host_ip,
+        "iface": networks[0].iface if networks else host.iface,
+        "host_ip": networks[0].address if networks else host.host_ip,
         "model": request.model,
         "tp": str(request.tp),
         "port": str(request.port),
     }
     assert set(variables) == set(PLACEHOLDERS)
     profiles = list(request.profiles) or ["default"]
+    if networks and NET_PROFILE not in profiles:
+        # Across nodes the network is always pinned, per node (the field guides' first fix).
+        profiles.insert(profiles.index("default") + 1 if "default" in profiles else 0, NET_PROFILE)
     composed = compose(profiles, request.engine, variables)
-    tp_warnings = _check_tp(request, host, composed.env)
+    if networks:
+        count = len(networks)
+        tp_warnings = _check_tp(
+            request,
+            host,
+            composed.env,
+            where=f"the {count} nodes have ({host.cpu_count // count} cores each)"
+            if host.device == "cpu"
+            else f"the {count} nodes have",
+        )
+    else:
+        tp_warnings = _check_tp(request, host, composed.env)
 
     extra = split_engine_args(request.engine_args)
     _check_managed(extra, adapter.managed_flags, request.engine)
@@ -307,12 +346,29 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
 
     in_container = request.runtime == "docker"
     bind_host = request.host
-    if in_container:
+    if networks:
+        _check_multi_node(request, composed)
+        if is_loopback(request.host) or request.host == "localhost":
+            # harness (and every client) reaches the head from another machine: a loopback
+            # bind would make the server unreachable; the head's own address is the safe one.
+            bind_host = networks[0].address
+    elif in_container:
         from harness.containerplan import engine_bind_host
 
         # In a bridge network the engine listens on every container interface; Docker publishes
         # the port on the requested host address only.
         bind_host = engine_bind_host(composed.container.network_mode or "host", request.host)
+    head = (
+        NodeLaunch(
+            nnodes=len(networks),
+            rank=0,
+            master_addr=networks[0].address,
+            master_port=request.master_port,
+            cpus=request.nodes[0].cpus,
+        )
+        if networks
+        else None
+    )
     launch = LaunchRequest(
         model=engine_model,
         served_model_name=request.served_name or served_model_name(request.model),
@@ -325,7 +381,10 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         profile_args=composed.args,
         extra_args=tuple(extra),
         faults=request.faults,
+        node=head,
     )
+    if head is not None:
+        launch = replace(launch, python="python3" if in_container else request.nodes[0].python)
     argv = adapter.argv(launch)
     env = {**adapter.env(launch), **composed.env}
     # Unbuffered output: log lines must reach server.log (and the phase display) as they happen.
@@ -381,7 +440,22 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     elif request.image:
         raise PlanError("--image only applies to --runtime docker")
 
-    base_url = f"http://{_url_host(request.host)}:{request.port}"
+    nodes: list[NodeSpec] = []
+    if networks:
+        nodes = _plan_nodes(
+            request,
+            adapter,
+            launch,
+            profiles,
+            variables,
+            networks,
+            container,
+            head_argv=argv,
+            head_env=env,
+        )
+        # Said here, FAILed by `harness doctor --nodes`, named in a startup incident.
+        warnings += network_problems(nodes)
+    base_url = f"http://{_url_host(bind_host if networks else request.host)}:{request.port}"
     return LaunchSpec(
         run_id=request.run_id,
         run_dir=run_dir,
@@ -406,7 +480,109 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         faults=list(request.faults),
         warnings=warnings,
         sharded_copy=request.sharded_copy,
+        nodes=nodes,
     )
+
+
+def _node_networks(request: PlanRequest) -> list[NodeNetwork]:
+    """Each node's interface and address (empty on one machine)."""
+    if len(request.nodes) < 2:
+        return []
+    return [
+        node_network(
+            facts,
+            request.node_ifaces.get(facts.host) or request.node_ifaces.get(""),
+            request.node_addresses.get(facts.host) or request.node_addresses.get(""),
+        )
+        for facts in request.nodes
+    ]
+
+
+def _check_multi_node(request: PlanRequest, composed: ComposedProfile) -> None:
+    """What a multi-node plan cannot take (bad input, before anything starts)."""
+    if request.engine != "vllm":
+        raise PlanError(
+            f"--nodes is for vLLM (its multiprocessing backend's multi-node launch); "
+            f"{ENGINE_NAMES.get(request.engine, request.engine)} runs on one machine here",
+            hint="drop --nodes, or serve with --engine vllm",
+        )
+    backend = composed.args.get("--distributed-executor-backend")
+    if backend not in (None, "mp"):
+        raise PlanError(
+            f"a profile sets --distributed-executor-backend {backend}; --nodes uses vLLM's "
+            "multiprocessing backend (mp) on every node",
+            hint="drop the setting from the profile",
+        )
+    if not 1 <= request.master_port <= 65535 or request.master_port == request.port:
+        raise PlanError(
+            f"--master-port must be a free port other than --port (got {request.master_port})"
+        )
+    network_mode = composed.container.network_mode or "host"
+    if request.runtime == "docker" and network_mode != "host":
+        raise PlanError(
+            f"network_mode {network_mode}: containers of a multi-node plan use the host "
+            "network (each node's own address is what the other nodes connect to)",
+            hint="drop network_mode from the profile",
+        )
+
+
+def _plan_nodes(
+    request: PlanRequest,
+    adapter: EngineAdapter,
+    head_launch: LaunchRequest,
+    profiles: list[str],
+    head_variables: Mapping[str, str | None],
+    networks: list[NodeNetwork],
+    head_container: ContainerSpec | None,
+    *,
+    head_argv: list[str],
+    head_env: dict[str, str],
+) -> list[NodeSpec]:
+    """One NodeSpec per node: the head's argv and environment as planned, and for every other
+    node the same launch with its rank, its cores and the ``net`` profile composed with its own
+    interface and address."""
+    assert head_launch.node is not None
+    nodes: list[NodeSpec] = []
+    for rank, (facts, net) in enumerate(zip(request.nodes, networks, strict=True)):
+        if rank == 0:
+            argv, env, container = head_argv, head_env, head_container
+        else:
+            variables = {**head_variables, "iface": net.iface, "host_ip": net.address}
+            composed = compose(profiles, request.engine, variables)
+            node_launch = replace(
+                head_launch,
+                python="python3" if head_container is not None else facts.python,
+                node=replace(head_launch.node, rank=rank, cpus=facts.cpus),
+            )
+            argv = adapter.argv(node_launch)
+            env = {**adapter.env(node_launch), **composed.env}
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            container = None
+        if head_container is not None:
+            name = f"{head_container.name}-node{rank}"
+            labels = {
+                **head_container.labels,
+                "harness.node": facts.host,
+                "harness.node_rank": str(rank),
+            }
+            container = head_container.model_copy(update={"name": name, "labels": labels})
+        nodes.append(
+            NodeSpec(
+                rank=rank,
+                role="head" if rank == 0 else "worker",
+                host=facts.host,
+                hostname=facts.hostname,
+                address=net.address,
+                iface=net.iface,
+                interfaces=dict(facts.interfaces),
+                reached_address=facts.reached_address,
+                cpus=list(facts.cpus),
+                argv=argv,
+                env=env,
+                container=container,
+            )
+        )
+    return nodes
 
 
 def _url_host(host: str) -> str:

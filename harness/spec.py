@@ -80,8 +80,50 @@ class LoadLimits(Frozen):
     max_images_per_request: int | None = None
 
 
+NodeRole = Literal["head", "worker"]
+
+
+class NodeSpec(Frozen):
+    """One node of a multi-node launch (``--nodes N``): what runs there and with which network
+    settings. Node 0 is the head (the API server and TP rank 0); the others run vLLM headless.
+
+    ``address`` is the node's IPv4 address the other nodes (and harness) reach it on, ``iface``
+    the interface that holds it; both come from the node's facts (gathered over ssh) or from
+    ``--net-iface`` / ``--host-ip``. ``cpus`` are the node's cores the ranks are bound to.
+    """
+
+    rank: int
+    role: NodeRole
+    host: str
+    hostname: str = ""
+    address: str
+    iface: str | None = None
+    #: The node's facts the network checks compare against: its interfaces' IPv4 addresses and
+    #: the address harness's ssh reached it on.
+    interfaces: dict[str, str | None] = Field(default_factory=dict)
+    reached_address: str | None = None
+    cpus: list[int] = Field(default_factory=list)
+    argv: list[str]
+    env: dict[str, str]
+    container: ContainerSpec | None = None
+
+    @property
+    def log_name(self) -> str:
+        """The node's output in the run directory: ``server.log`` for the head (the log every
+        startup rule reads), ``server.<host>.log`` for every other node."""
+        return "server.log" if self.rank == 0 else f"server.{_file_safe(self.host)}.log"
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
 class LaunchSpec(Frozen):
-    """A complete, runnable description of one server launch."""
+    """A complete, runnable description of one server launch.
+
+    A multi-node launch (``nodes`` not empty) starts ``nodes[k].argv`` on every node; the
+    top-level ``argv``, ``env`` and ``container`` are the head's (node 0).
+    """
 
     run_id: str
     run_dir: str
@@ -107,6 +149,8 @@ class LaunchSpec(Frozen):
     warnings: list[str] = Field(default_factory=list)
     #: The pre-sharded copy the engine loads instead of ``model`` (``harness shard``), if any.
     sharded_copy: str | None = None
+    #: The nodes of a multi-node launch (``--nodes N``, N > 1); empty for one machine.
+    nodes: list[NodeSpec] = Field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready mapping (the contract of ``harness plan --format json``)."""

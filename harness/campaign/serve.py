@@ -249,6 +249,9 @@ def live_servers(root: Path, docker_rows: Callable[[], list[dict[str, Any]]]) ->
     rows: list[ServerRow] = []
     for run in list_runs(root):
         state = run.read_state()
+        if state.get("runtime") == "nodes":
+            rows += _nodes_row(run, state)
+            continue
         if state.get("runtime") != "local" or not local_run_alive(state):
             continue
         spec = read_spec(run)
@@ -279,6 +282,28 @@ def live_servers(root: Path, docker_rows: Callable[[], list[dict[str, Any]]]) ->
     return rows
 
 
+def _nodes_row(run: RunDir, state: dict[str, Any]) -> list[ServerRow]:
+    """A live multi-node run (its ssh clients live while their node's engine runs)."""
+    from harness.procgroup import ProcessRef
+
+    refs = [ProcessRef.from_dict(n.get("ssh")) for n in state.get("nodes") or []]
+    if state.get("status") == "stopped" or not any(r is not None and r.alive() for r in refs):
+        return []
+    spec = read_spec(run)
+    hosts = ", ".join(str(n.get("host")) for n in state.get("nodes") or [])
+    engine, tp = (spec.engine, str(spec.tp)) if spec else ("?", "?")
+    where = f"nodes {hosts}" + (f" {spec.base_url}" if spec else "")
+    return [ServerRow(run.run_id, "nodes", engine, tp, str(state.get("status")), where)]
+
+
+def _stop_nodes(run: RunDir) -> bool:
+    """A multi-node run's engines, stopped on every node over ssh."""
+    from harness.runtime.nodes import stop_nodes_run
+
+    spec = read_spec(run)
+    return spec is not None and stop_nodes_run(run, spec)
+
+
 def read_spec(run: RunDir) -> LaunchSpec | None:
     """The run's plan, or None when it has none (or it is unreadable)."""
     try:
@@ -302,7 +327,10 @@ def down(
     stopped: list[str] = []
     for run in runs:
         stop_watcher(run)
-        if run.read_state().get("runtime", "local") == "local" and stop_local_run(run):
+        stop = {"local": stop_local_run, "nodes": _stop_nodes}.get(
+            run.read_state().get("runtime", "local")
+        )
+        if stop is not None and stop(run):
             stopped.append(run.run_id)
     problem: str | None = None
     if docker_down is not None:

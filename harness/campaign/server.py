@@ -100,6 +100,10 @@ def engine_missing_in_log(spec: LaunchSpec, run: RunDir) -> bool:
 
 def start_server(spec: LaunchSpec, run: RunDir) -> ServerHandle:
     """Start ``spec`` with its runtime; returns at once (see :func:`launch` for the wait)."""
+    if spec.nodes:
+        from harness.runtime.nodes import NodesRuntime
+
+        return NodesRuntime().start(spec, run)
     if spec.runtime == "docker":
         from harness.runtime.docker import DockerRuntime
 
@@ -109,6 +113,10 @@ def start_server(spec: LaunchSpec, run: RunDir) -> ServerHandle:
 
 def attach_server(spec: LaunchSpec, run: RunDir) -> ServerHandle:
     """The live server of a run started by another harness process (a detached serve)."""
+    if spec.nodes:
+        from harness.runtime.nodes import NodesRuntime
+
+        return NodesRuntime().attach(spec, run)
     if spec.runtime == "docker":
         from harness.runtime.docker import DockerRuntime
 

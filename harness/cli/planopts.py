@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import click
 
-from harness import hostfacts, modelcopies
-from harness.plan import PlanRequest, make_plan
+from harness import hostfacts, modelcopies, nodefacts
+from harness.nodeplan import DEFAULT_MASTER_PORT, NodeFacts, check_layout, parse_per_node
+from harness.plan import HostFacts, PlanRequest, make_plan
 from harness.profiles import split_profile_list
 from harness.rundir import new_run_id, runs_root
 from harness.spec import LaunchSpec
@@ -75,9 +76,38 @@ _PLAN_OPTIONS: list[Callable[[F], F]] = [
     ),
     click.option("--gpus", default=None, help="Docker GPUs: all, a count, or ids like 0,1."),
     click.option(
-        "--net-iface", default=None, help="Interface for the net profile (default: detected)."
+        "--net-iface",
+        default=None,
+        help="Interface for the net profile (default: detected); with --nodes also per node: "
+        "eth0,node2=ib0.",
     ),
-    click.option("--host-ip", default=None, help="IP for the net profile (default: detected)."),
+    click.option(
+        "--host-ip",
+        default=None,
+        help="IP for the net profile (default: detected); with --nodes also per node: "
+        "node2=10.0.0.12.",
+    ),
+    click.option(
+        "--nodes",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Machines the TP ranks span (vLLM's multi-node launch; needs --node-hosts).",
+    ),
+    click.option(
+        "--node-hosts",
+        default=None,
+        metavar="H1,H2",
+        help="With --nodes: the nodes as ssh destinations, the head first (harness starts the "
+        "engine on each over ssh; ~/.ssh/config applies).",
+    ),
+    click.option(
+        "--master-port",
+        type=int,
+        default=DEFAULT_MASTER_PORT,
+        show_default=True,
+        help="With --nodes: the head's torch.distributed port (vLLM --master-port).",
+    ),
     click.option(
         "--fetch",
         is_flag=True,
@@ -128,9 +158,21 @@ def build_spec(
     model, is_local = source.model, source.is_local
     # The simulated engine reads no config.json; a hub id has none here to check TP against.
     model_facts = hostfacts.model_facts(model) if is_local and options["engine"] != "sim" else None
-    facts = hostfacts.detect(
-        device=options["device"], iface=options["net_iface"], host_ip=options["host_ip"]
-    )
+    node_count = int(options.get("nodes") or 1)
+    hosts = [h.strip() for h in (options.get("node_hosts") or "").split(",") if h.strip()]
+    check_layout(options["tp"], node_count, hosts)
+    nodes: list[NodeFacts] = []
+    ifaces: dict[str, str] = {}
+    addresses: dict[str, str] = {}
+    if node_count > 1:
+        ifaces = parse_per_node("--net-iface", _given(options["net_iface"]), hosts)
+        addresses = parse_per_node("--host-ip", _given(options["host_ip"]), hosts)
+        nodes = nodefacts.gather(hosts, engine_module="vllm" if for_start else None)
+        facts = _hosts_facts(nodes, options["device"])
+    else:
+        facts = hostfacts.detect(
+            device=options["device"], iface=options["net_iface"], host_ip=options["host_ip"]
+        )
     # Every plan starts from the production-like base; listed profiles go on top of it.
     profiles = split_profile_list(options["profiles"])
     if "default" not in profiles:
@@ -158,6 +200,10 @@ def build_spec(
         model_facts=model_facts,
         served_name=source.served_name,
         model_notes=source.notes,
+        nodes=tuple(nodes),
+        node_ifaces=ifaces,
+        node_addresses=addresses,
+        master_port=int(options.get("master_port") or DEFAULT_MASTER_PORT),
     )
     spec = make_plan(request, facts)
     shard = modelcopies.choose_sharded(spec, facts)
@@ -170,6 +216,24 @@ def build_spec(
         )
         spec = make_plan(request, facts)
     return spec
+
+
+def _given(value: str | None) -> list[str]:
+    return [value] if value else []
+
+
+def _hosts_facts(nodes: list[NodeFacts], device: str) -> HostFacts:
+    """What the planner's host checks count for a multi-node plan: the device every node has,
+    and cores and GPUs as the nodes' smallest share times their number (every node runs the
+    same number of ranks)."""
+    gpus = min(n.gpus for n in nodes)
+    chosen = ("cuda" if gpus > 0 else "cpu") if device == "auto" else device
+    return HostFacts(
+        device="cuda" if chosen == "cuda" else "cpu",
+        cpu_count=min(len(n.cpus) or 1 for n in nodes) * len(nodes),
+        gpu_count=gpus * len(nodes),
+        python=nodes[0].python,
+    )
 
 
 PLAN_OPTION_NAMES = (
@@ -188,6 +252,9 @@ PLAN_OPTION_NAMES = (
     "net_iface",
     "host_ip",
     "fetch",
+    "nodes",
+    "node_hosts",
+    "master_port",
 )
 
 

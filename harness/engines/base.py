@@ -11,6 +11,19 @@ from harness.profiles import ArgValue
 
 
 @dataclass(frozen=True)
+class NodeLaunch:
+    """One node's place in a multi-node launch (``--nodes N``): vLLM's multiprocessing backend
+    runs ``tp / nnodes`` ranks on each node and meets at ``master_addr:master_port`` (the head's
+    torch.distributed store). ``cpus`` are this node's cores for the ranks' binding."""
+
+    nnodes: int
+    rank: int
+    master_addr: str
+    master_port: int
+    cpus: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class LaunchRequest:
     """Everything an adapter needs to build argv; all values already validated."""
 
@@ -25,6 +38,8 @@ class LaunchRequest:
     profile_args: Mapping[str, ArgValue] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
     faults: tuple[str, ...] = ()
+    #: This node's place in a multi-node launch; None on one machine.
+    node: NodeLaunch | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +95,35 @@ def cpu_thread_binding(cpu_count: int, tp: int) -> str:
             ranges.append(str(first) if first == last else f"{first}-{last}")
         return "|".join(ranges)
     return "|".join(str(rank % max(cpu_count, 1)) for rank in range(tp))
+
+
+def cpu_list_binding(cpus: Sequence[int], ranks: int) -> str:
+    """``VLLM_CPU_OMP_THREADS_BIND`` for ``ranks`` ranks over the given cores (a node's allowed
+    cores, which need not start at 0): contiguous, disjoint shares, ``"|"`` between ranks.
+    ``[1], 1 -> "1"``; ``[0, 1, 2, 3], 2 -> "0-1|2-3"``. Fewer cores than ranks: shared
+    round-robin."""
+    ordered = sorted(set(cpus))
+    if not ordered:
+        return cpu_thread_binding(1, ranks)
+    if len(ordered) < ranks:
+        return "|".join(str(ordered[r % len(ordered)]) for r in range(ranks))
+    per_rank = len(ordered) // ranks
+    shares = [ordered[r * per_rank : (r + 1) * per_rank] for r in range(ranks)]
+    return "|".join(_ranges(share) for share in shares)
+
+
+def _ranges(cpus: Sequence[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    parts: list[str] = []
+    start = prev = cpus[0]
+    for cpu in [*cpus[1:], None]:
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(parts)
 
 
 def phase(name: str, pattern: str) -> StartupPhase:

@@ -14,7 +14,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -350,6 +350,11 @@ def _record(
     on_incident: Callable[[Incident], None] | None,
 ) -> Incident:
     also = [v for v in verdicts if v is not verdict]
+    if handle.spec.nodes:
+        incident = _capture_nodes(handle, verdict, also, capture_options, console)
+        if on_incident is not None:
+            on_incident(incident)
+        return incident
     inflight = [{"source": "canary", "url": canary.url, "payload": canary.payload}]
     inflight += _load_inflight(handle.run.path)
     incident = capture_incident(
@@ -384,6 +389,8 @@ def capture_startup_hang(
     capture_options: CaptureOptions | None = None,
 ) -> Incident:
     """Capture a server that did not become healthy (call after :func:`startup_verdict` fired)."""
+    if handle.spec.nodes:
+        return _capture_nodes(handle, verdict, (), capture_options, console)
     return capture_incident(
         handle.run,
         pids=handle.pids(),
@@ -392,6 +399,21 @@ def capture_startup_hang(
         container_exec=getattr(handle, "exec_in_container", None),
         options=capture_options,
         console=console,
+    )
+
+
+def _capture_nodes(
+    handle: ServerHandle,
+    verdict: Verdict,
+    also: Sequence[Verdict],
+    options: CaptureOptions | None,
+    console: Console | None,
+) -> Incident:
+    """A multi-node server's processes are on its nodes: captured over ssh."""
+    from harness.watchdog.nodecapture import capture_nodes_incident
+
+    return capture_nodes_incident(
+        handle.run, handle.spec, verdict, also=also, options=options, console=console
     )
 
 

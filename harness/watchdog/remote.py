@@ -21,9 +21,10 @@ import re
 import shlex
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness.errors import BadInput, EnvironmentProblem
 from harness.watchdog import matching as mt
@@ -33,6 +34,7 @@ from harness.watchdog.redact import Redactor
 from harness.watchdog.rules import Verdict
 from harness.watchdog.subproc import Completed, run_with_deadline
 from harness.watchdog.summary import (
+    OddOne,
     ProcessReport,
     odd_one_out,
     processes_table,
@@ -430,63 +432,118 @@ def capture_remote(
     """Merge the nodes' dumps into one bundle in ``out_dir``; returns ``out_dir``. The known
     signatures (``catalogue``, default: the shipped one after ``$HARNESS_SIGNATURES``' files)
     are matched against the stacks and process states (the nodes' logs stay on the nodes)."""
+    return write_remote_bundle(
+        out_dir,
+        nodes,
+        verdict=verdict,
+        redactor=redactor,
+        started_at=started_at,
+        catalogue=catalogue,
+    ).path
+
+
+@dataclass
+class RemoteBundle:
+    """What :func:`write_remote_bundle` wrote and found."""
+
+    path: Path
+    reports: list[ProcessReport]
+    odd: OddOne | None
+    likely: str
+    signatures: list[dict[str, Any]]
+    summary_lines: list[str]
+
+
+def write_remote_bundle(
+    out_dir: Path,
+    nodes: Sequence[NodeDump],
+    *,
+    verdict: Verdict | None = None,
+    also: Sequence[Verdict] = (),
+    redactor: Redactor | None = None,
+    started_at: float | None = None,
+    catalogue: sg.Catalogue | None = None,
+    logs: Sequence[mt.LogLine] = (),
+    notes: Sequence[str] = (),
+    files: Mapping[str, str] | None = None,
+    profiles: Sequence[str] = (),
+    extra: Mapping[str, Any] | None = None,
+) -> RemoteBundle:
+    """:func:`capture_remote` for a caller that has more than the dumps (a multi-node server's
+    startup incident): its logs and other files for the signatures (``logs``: lines of files
+    written into the bundle, ``files``: relative path -> text), ``notes``, the plan's
+    ``profiles``, more ``incident.json`` keys (``extra``)."""
     verdict = verdict or Verdict("manual", "manual", f"on-demand dump of {len(nodes)} node(s)")
     redactor = redactor or Redactor()
     out_dir.mkdir(parents=True, exist_ok=True)
     reports: list[ProcessReport] = []
-    files: dict[str, str] = {}
+    written: dict[str, str] = dict(files or {})
     threads: dict[tuple[str | None, int], list[st.Thread]] = {}
-    notes: list[str] = []
+    all_notes: list[str] = list(notes)
     for node in nodes:
         r, f, t = _node_reports(node)
         reports += r
-        files.update(f)
+        written.update(f)
         threads.update(t)
         if not node.answered:
-            notes.append(f"node {node.host}: no answer ({node.error or 'no output'})")
+            all_notes.append(f"node {node.host}: no answer ({node.error or 'no output'})")
             continue
         if not node.complete:
-            notes.append(f"node {node.host}: incomplete output ({node.error or 'no end marker'})")
+            all_notes.append(
+                f"node {node.host}: incomplete output ({node.error or 'no end marker'})"
+            )
         if not node.pids:
-            notes.append(f"node {node.host}: no matching process")
+            all_notes.append(f"node {node.host}: no matching process")
     odd = odd_one_out(reports)
     facts = mt.Facts(
-        kind=verdict.kind, rule=verdict.rule, processes=reports, stacks=threads, odd=odd
+        kind=verdict.kind,
+        rule=verdict.rule,
+        logs=logs,
+        processes=reports,
+        stacks=threads,
+        odd=odd,
+        profiles=profiles,
     )
     found = mt.match_catalogue(catalogue or sg.load_catalogue(sg.user_files()), facts)
     now = time.time()
-    files["processes.txt"] = processes_table(reports)
-    files["incident.json"] = json.dumps(
+    likely = mt.likely_line(found)
+    matches = [m.to_dict() for m in found]
+    written["processes.txt"] = processes_table(reports)
+    written["incident.json"] = json.dumps(
         {
             "kind": verdict.kind,
             "rule": verdict.rule,
             "detail": verdict.detail,
             "detected_at": dt.datetime.fromtimestamp(started_at or now, dt.UTC).isoformat(),
+            "also": [v.to_dict() for v in also],
             "nodes": [n.host for n in nodes],
             "odd_one_out": None
             if odd is None
             else {"pid": odd.pid, "process": odd.label, "reason": odd.reason},
             "where": where_line(reports, odd),
-            "likely": mt.likely_line(found),
-            "signatures": [m.to_dict() for m in found],
+            "likely": likely,
+            "signatures": matches,
             "processes": [r.to_dict() for r in reports],
-            "notes": notes,
+            "notes": all_notes,
+            **(extra or {}),
         },
         indent=2,
     )
     stamp = dt.datetime.fromtimestamp(started_at or now, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    files["summary.md"] = render_summary(
+    summary = render_summary(
         verdict=verdict,
         detected_at=stamp,
         processes=reports,
         odd=odd,
-        notes=notes,
-        files=sorted({*files, "summary.md"}),
-        likely=mt.likely_line(found),
-        signatures=[m.to_dict() for m in found],
+        also=also,
+        notes=all_notes,
+        files=sorted({*written, "summary.md"}),
+        likely=likely,
+        signatures=matches,
     )
-    for rel, text in files.items():
+    written["summary.md"] = summary
+    for rel, text in written.items():
         path = out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(redactor.text(text), encoding="utf-8")
-    return out_dir
+    return RemoteBundle(out_dir, reports, odd, likely, matches, summary.splitlines())

@@ -102,6 +102,7 @@ def test_catalogue_has_every_signature_the_issue_names() -> None:
         "nccl-watchdog-timeout",
         "dev-shm-too-small",
         "network-wrong-address",
+        "gloo-connect-hang",
         "rpc-timeout-engine-dead",
         "cuda-graph-capture-hang",
         "custom-allreduce-spin",
@@ -147,6 +148,31 @@ def test_network_wrong_address_from_real_gloo_and_tcpstore_errors() -> None:
     assert names(facts(logs=["nccl_init_ok.log"])) == []
     # NCCL's "unhandled system error" after a /dev/shm failure is the shm signature only.
     assert "network-wrong-address" not in names(facts(logs=["nccl_shm_create.log"]))
+
+
+def test_network_wrong_address_from_the_multinode_network_check() -> None:
+    # network.txt of a real two-node startup hang (node2's Gloo on a second NIC's network).
+    m = first(facts(logs=["multinode_network.txt"], kind="startup-hang"))
+    assert m.name == "network-wrong-address"
+    assert m.evidence[0].startswith("multinode_network.txt:3: node node2: GLOO_SOCKET_IFNAME=eth1")
+    # The per-node header lines (settings, not findings) match nothing.
+    header = [
+        ln for ln in (SIG / "multinode_network.txt").read_text().splitlines() if ln[:1] == "#"
+    ]
+    lines = log_lines("network.txt", "\n".join(header))
+    assert names(Facts(kind="startup-hang", logs=lines)) == []
+
+
+def test_gloo_connect_hang_from_a_real_worker_stack() -> None:
+    # py-spy --json of the real VLLM::Worker of that hang: inside ProcessGroupGloo's
+    # constructor, waiting for a pair to connect.
+    worker = proc("Worker", 71, stack("gloo_connect_worker.json"))
+    m = first(facts(worker, kind="startup-hang", rule="health-deadline"))
+    assert m.name == "gloo-connect-hang"
+    assert any("waitUntilConnected" in e for e in m.evidence)
+    assert "--net-iface HOST=IFACE" in m.next_step
+    # The same frames in a running server's dump are not a startup hang.
+    assert "gloo-connect-hang" not in names(facts(worker, kind="manual", rule="dump"))
 
 
 def test_rpc_timeout_engine_dead() -> None:
