@@ -317,14 +317,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
     composed = compose(profiles, request.engine, variables)
     if networks:
         count = len(networks)
-        tp_warnings = _check_tp(
-            request,
-            host,
-            composed.env,
-            where=f"the {count} nodes have ({host.cpu_count // count} cores each)"
-            if host.device == "cpu"
-            else f"the {count} nodes have",
-        )
+        tp_warnings = _check_tp(request, host, composed.env, where=f"the {count} nodes have")
     else:
         tp_warnings = _check_tp(request, host, composed.env)
 

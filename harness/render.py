@@ -4,7 +4,10 @@
 ``docker run`` command; ``--format compose`` prints :func:`render_compose`, a Docker Compose
 file (``docker compose -f FILE up`` or Debian's ``docker-compose -f FILE up``). Both say exactly
 what :mod:`harness.runtime.docker` does with the same plan, so a plan can be shared, reviewed
-and run without harness.
+and run without harness. A multi-node plan (``--nodes``) renders one ``docker run`` per node,
+or one Compose service per node (``docker compose up <service>`` on that node), each with the
+host network and its node's environment. ``--format sbatch`` prints :func:`render_sbatch`, a
+SLURM batch script that runs ``harness serve`` for the plan on the allocation.
 
 Values of secret-looking variables (``HF_TOKEN``, ``*_API_KEY``, ...) are never written out:
 the command passes them through from the caller's environment (``-e HF_TOKEN``), the compose
@@ -108,6 +111,19 @@ def _secrets_comment(spec: LaunchSpec) -> str:
     )
 
 
+def node_launch_spec(spec: LaunchSpec, rank: int) -> LaunchSpec:
+    """One node of a multi-node plan as a one-machine plan (its argv, env and container)."""
+    node = spec.nodes[rank]
+    return spec.model_copy(
+        update={"argv": node.argv, "env": node.env, "container": node.container, "nodes": []}
+    )
+
+
+def _node_title(spec: LaunchSpec, rank: int) -> str:
+    node = spec.nodes[rank]
+    return f"{node.host} (rank {rank}, {node.role}, {node.address})"
+
+
 def docker_run_argv(spec: LaunchSpec, *, detach: bool = False, remove: bool = True) -> list[str]:
     """The ``docker run`` command as an argument list (what :func:`render_docker_run` quotes)."""
     groups = _docker_run_groups(spec, detach=detach, remove=remove)
@@ -120,6 +136,12 @@ def render_docker_run(spec: LaunchSpec) -> str:
     It runs in the foreground and removes the container on exit (``--rm``); add ``--detach``
     to run it in the background.
     """
+    if spec.nodes:
+        blocks = [
+            f"# on {_node_title(spec, rank)}\n" + render_docker_run(node_launch_spec(spec, rank))
+            for rank in range(len(spec.nodes))
+        ]
+        return "\n".join(blocks)
     groups = _docker_run_groups(spec, detach=False, remove=True)
     lines = [shlex.join(groups[0])] + ["  " + shlex.join(group) for group in groups[1:]]
     return _secrets_comment(spec) + " \\\n".join(lines) + "\n"
@@ -131,7 +153,31 @@ def _literal(value: str) -> str:
 
 
 def compose_dict(spec: LaunchSpec) -> dict[str, Any]:
-    """The Compose file as a mapping (what :func:`render_compose` dumps)."""
+    """The Compose file as a mapping (what :func:`render_compose` dumps): one service, or one
+    per node of a multi-node plan (named ``node<rank>-<host>``)."""
+    if not spec.nodes:
+        service, named = _compose_service(spec)
+        services: dict[str, dict[str, Any]] = {str(spec.engine): service}
+    else:
+        services, named = {}, []
+        for rank, node in enumerate(spec.nodes):
+            service, more = _compose_service(node_launch_spec(spec, rank))
+            services[compose_service_name(rank, node.host)] = service
+            named += [n for n in more if n not in named]
+    doc: dict[str, Any] = {"services": services}
+    if named:
+        # ``name`` keeps the volume shared across projects (no project-name prefix).
+        doc["volumes"] = {name: {"name": name} for name in named}
+    return doc
+
+
+def compose_service_name(rank: int, host: str) -> str:
+    """A node's Compose service: ``node0-gpu7`` (Compose's allowed characters)."""
+    return f"node{rank}-" + re.sub(r"[^a-z0-9_-]", "-", host.lower())
+
+
+def _compose_service(spec: LaunchSpec) -> tuple[dict[str, Any], list[str]]:
+    """One service of the Compose file and the named volumes it uses."""
     c = _container(spec)
     service: dict[str, Any] = {
         "image": c.image,
@@ -174,20 +220,71 @@ def compose_dict(spec: LaunchSpec) -> dict[str, Any]:
         else:
             device["count"] = c.gpus
         service["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
-    doc: dict[str, Any] = {"services": {spec.engine: service}}
-    if named:
-        # ``name`` keeps the volume shared across projects (no project-name prefix).
-        doc["volumes"] = {name: {"name": name} for name in named}
-    return doc
+    return service, named
 
 
 def render_compose(spec: LaunchSpec) -> str:
     """A Docker Compose file for a docker plan (Compose Specification, no ``version`` key)."""
+    if spec.nodes:
+        run = "".join(
+            f"#   on {_node_title(spec, rank)}: docker compose -f FILE up "
+            f"{compose_service_name(rank, node.host)}\n"
+            for rank, node in enumerate(spec.nodes)
+        )
+        run = f"# {len(spec.nodes)} nodes, one service each (host network):\n" + run
+    else:
+        run = "# run: docker compose -f FILE up   (or Debian's docker-compose -f FILE up)\n"
     header = (
         f"# harness plan {spec.run_id}: {spec.engine} TP={spec.tp}, profiles "
         f"{','.join(spec.profiles)}\n"
-        f"# run: docker compose -f FILE up   (or Debian's docker-compose -f FILE up)\n"
-        f"# health: {spec.health_url}\n" + _secrets_comment(spec)
+        + run
+        + f"# health: {spec.health_url}\n"
+        + _secrets_comment(spec)
     )
     body = yaml.safe_dump(compose_dict(spec), sort_keys=False, default_flow_style=False, width=1000)
     return header + body
+
+
+def render_sbatch(
+    spec: LaunchSpec,
+    serve_argv: list[str],
+    *,
+    nodes: int = 1,
+    output_dir: str,
+) -> str:
+    """A SLURM batch script that runs ``harness serve`` for this plan on the allocation (the
+    watchdog and its incidents included). ``serve_argv`` is the whole ``harness serve`` command
+    (interpreter first); with ``nodes`` > 1 the job asks for that many nodes and harness, on
+    the first, starts the others over ssh: ``--node-hosts`` is the allocation's host list.
+    The server listens where the plan says (``--host``; 127.0.0.1 is the node itself)."""
+    local_ranks = max(1, spec.tp // max(1, nodes))
+    lines = [
+        "#!/bin/bash",
+        f"# harness plan {spec.run_id} as a SLURM job: `harness serve` on the allocation "
+        f"({spec.engine}, TP={spec.tp}, {nodes} node{'s' if nodes > 1 else ''}, profiles "
+        f"{','.join(spec.profiles)}). Submit: sbatch FILE; stop: scancel JOB (harness stops "
+        "the server).",
+        f"#SBATCH --job-name=harness-{spec.engine}-tp{spec.tp}",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        # A core per rank of the node: what the plan binds on the CPU backend.
+        f"#SBATCH --cpus-per-task={local_ranks}",
+    ]
+    if spec.device == "cuda":
+        lines.append(f"#SBATCH --gres=gpu:{local_ranks}")
+    lines += [
+        f"#SBATCH --output={output_dir}/slurm-%j.out",
+        "##SBATCH --partition=PARTITION   (remove one # and set)",
+        "##SBATCH --time=HH:MM:SS",
+        "set -euo pipefail",
+    ]
+    command = shlex.join(serve_argv)
+    if nodes > 1:
+        lines += [
+            "# The nodes: the first is the head; harness reaches the others over ssh.",
+            'HOSTS=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | paste -sd, -)',
+            f'exec {command} --node-hosts "$HOSTS"',
+        ]
+    else:
+        lines.append(f"exec {command}")
+    return "\n".join(lines) + "\n"

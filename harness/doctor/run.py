@@ -337,7 +337,15 @@ def run_doctor(
     absent_ranks: tuple[int, ...] = (),
     on_check: Callable[[Check], None] | None = None,
 ) -> DoctorRun:
-    """Every check for ``spec``; ``on_check`` sees each one as soon as it is judged."""
+    """Every check for ``spec``; ``on_check`` sees each one as soon as it is judged. A
+    multi-node plan is checked across its nodes (:mod:`harness.doctor.nodes`)."""
+    if spec.nodes:
+        from harness.doctor.nodes import run_nodes_doctor
+
+        checks, across = run_nodes_doctor(
+            spec, out_dir, distributed=distributed, dist_timeout_s=dist_timeout_s, on_check=on_check
+        )
+        return DoctorRun(checks, out_dir, {}, across)
     plan = plan_view(spec)
     scripts = install_scripts(out_dir)
     made: list[Check] = []

@@ -74,10 +74,11 @@ def launch_script(spec: LaunchSpec, node: NodeSpec) -> str:
 def stop_script(pid: int, grace_s: float) -> str:
     """Stop the process group ``pid`` leads on a node: SIGTERM, SIGKILL after ``grace_s``."""
     ticks = max(1, round(grace_s / 0.2))
+    # ``kill -SIG -PGID`` (no ``--``): the form dash and bash both take.
     return (
-        f"p={pid}; kill -TERM -- -$p 2>/dev/null || exit 0; n=0; "
-        "while kill -0 -- -$p 2>/dev/null; do n=$((n+1)); "
-        f'if [ "$n" -gt {ticks} ]; then kill -KILL -- -$p 2>/dev/null; exit 0; fi; '
+        f"p={pid}; kill -TERM -$p 2>/dev/null || exit 0; n=0; "
+        "while kill -0 -$p 2>/dev/null; do n=$((n+1)); "
+        f'if [ "$n" -gt {ticks} ]; then kill -KILL -$p 2>/dev/null; exit 0; fi; '
         "sleep 0.2; done"
     )
 
@@ -172,7 +173,8 @@ class NodesHandle:
     def _stop_remote(self, node: _Node, grace_s: float) -> None:
         if node.remote_pid is None:
             return
-        argv = ssh_argv(node.spec.host, stop_script(node.remote_pid, grace_s))
+        script = stop_script(node.remote_pid, grace_s)
+        argv = ssh_argv(node.spec.host, "sh -c " + shlex.quote(script))
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):
             subprocess.run(
                 argv,

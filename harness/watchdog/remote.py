@@ -414,10 +414,25 @@ def _node(
 
 
 def _slurm_nodes(job_id: str) -> int | None:
+    """The job's node count; :class:`BadInput` for a job SLURM does not know or that is not
+    running (srun would wait for its allocation)."""
     if shutil.which("squeue") is None:
         return None
-    out = run_with_deadline(["squeue", "-h", "-j", job_id, "-o", "%D"], 30).output.strip()
-    return int(out.splitlines()[0]) if out and out.splitlines()[0].isdigit() else None
+    done = run_with_deadline(["squeue", "-h", "-j", job_id, "-o", "%D %T"], 30)
+    out = done.output.strip()
+    if done.returncode not in (0, None) or not out:
+        said = out.splitlines()[-1].strip() if out else "not listed"
+        raise BadInput(
+            f"no running SLURM job {job_id} (squeue: {said})",
+            hint="squeue -u $USER lists your jobs",
+        )
+    count, _, state = out.splitlines()[0].partition(" ")
+    if state and state != "RUNNING":
+        raise BadInput(
+            f"SLURM job {job_id} is {state}: only a running job has processes to dump",
+            hint="squeue -j " + job_id,
+        )
+    return int(count) if count.isdigit() else None
 
 
 def capture_remote(

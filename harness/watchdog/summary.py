@@ -52,6 +52,8 @@ def role_name(name: str, cmdline: Sequence[str], environ: Mapping[str, str] | No
     env = environ or {}
     if "RANK" in env and ("TORCHELASTIC_RUN_ID" in env or "LOCAL_RANK" in env):
         return f"rank{env['RANK']}"
+    if "--headless" in cmdline and "vllm" in joined:
+        return "Headless"  # a multi-node worker node's vLLM (no API server there)
     if "vllm.entrypoints" in joined or re.search(r"\bvllm serve\b", joined):
         return "APIServer"
     if "multiprocessing.resource_tracker" in joined:
