@@ -24,7 +24,7 @@ import psutil
 
 from harness.console import Console
 from harness.runtime.base import ServerHandle
-from harness.spec import WatchSettings
+from harness.spec import LaunchSpec, WatchSettings
 from harness.watchdog.capture import CaptureOptions, Incident, capture_incident
 from harness.watchdog.probes import PS_STATE
 from harness.watchdog.pyspy import ContainerExec
@@ -53,9 +53,20 @@ CANARY_PROMPT = "Hello"
 class Canary(threading.Thread):
     """Keeps one tiny streamed completion in flight every ``interval_s`` seconds."""
 
-    def __init__(self, base_url: str, model: str, *, interval_s: float, deadline_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        interval_s: float,
+        deadline_s: float,
+        api_key: str | None = None,
+    ) -> None:
         super().__init__(name="harness-canary", daemon=True)
         self.url = base_url.rstrip("/") + "/v1/completions"
+        # A server started with an API key answers 401 to a canary without it: the canary
+        # would never see a token, and an error is not a stall, so the rule would go blind.
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.payload: dict[str, Any] = {
             "model": model,
             "prompt": CANARY_PROMPT,
@@ -83,7 +94,7 @@ class Canary(threading.Thread):
         # A stalled canary is the evidence, so the read timeout is long; it is still finite.
         read = max(60.0, self.deadline_s * 4)
         timeout = httpx.Timeout(connect=5.0, read=read, write=5.0, pool=5.0)
-        with httpx.Client(timeout=timeout) as client:
+        with httpx.Client(timeout=timeout, headers=self._headers) as client:
             while not self.stop_event.is_set():
                 probe = CanaryProbe(started_at=time.monotonic())
                 self._set(probe)
@@ -240,6 +251,7 @@ def _watch_one(
         spec.served_model_name,
         interval_s=settings.canary_interval_s,
         deadline_s=canary_deadline,
+        api_key=_api_key(spec),
     )
     canary.start()
     progress = ProgressTracker(settings.engine_stall_s or stall_s)
@@ -337,6 +349,15 @@ def _watch_one(
     finally:
         canary.stop()
         client.close()
+
+
+def _api_key(spec: LaunchSpec) -> str | None:
+    """The key the server was started with, when the plan passed one (vLLM: VLLM_API_KEY);
+    a value masked in a re-read launch_spec.json is no key."""
+    from harness.redact import MASK
+
+    value = spec.env.get("VLLM_API_KEY")
+    return value if value and value != MASK else None
 
 
 def _record(

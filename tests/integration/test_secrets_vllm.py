@@ -117,6 +117,10 @@ def test_api_key_flag_is_in_effect_and_written_nowhere(
     names = {p.name for p in files}
     assert {"launch_spec.json", "state.json", "server.log", "env.txt"} <= names, names
     assert (run_dir / "server.log").stat().st_size > 0
+    # The background watcher's canary (/v1/completions) carried the key: the server took it.
+    log = (run_dir / "server.log").read_text(errors="replace")
+    assert '"POST /v1/completions HTTP/1.1" 200' in log
+    assert '"POST /v1/completions HTTP/1.1" 401' not in log
     for path in files:
         data = path.read_bytes()
         for secret in (API_KEY, HF_TOKEN):
