@@ -1,18 +1,17 @@
-"""Helpers for the Docker integration tests: engine/image requirements, cleanup by label,
-waiting for a server with a deadline."""
+"""Helpers for the Docker integration tests: engine/image requirements and cleanup by label (the
+fixtures built on them are in tests/integration/conftest.py)."""
 
 from __future__ import annotations
 
-import time
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from harness.containerplan import LABEL_RUN_ID, VLLM_CPU_IMAGE
+from harness.containerplan import LABEL_RUN_DIR, LABEL_RUN_ID, VLLM_CPU_IMAGE
 from tests.conftest import require
 
 #: The image CI builds (scripts/ci/docker.sh); it has python3, vLLM CPU and harness.
@@ -52,6 +51,17 @@ def remove_labelled(client: Any, prefix: str) -> list[str]:
     return removed
 
 
+def remove_under(client: Any, runs: Path) -> list[str]:
+    """Force-remove every container whose harness.run_dir lies under ``runs``."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": LABEL_RUN_DIR}):
+        if (container.labels or {}).get(LABEL_RUN_DIR, "").startswith(str(runs)):
+            with contextlib.suppress(Exception):
+                container.remove(force=True, v=True)
+                removed.append(container.name)
+    return removed
+
+
 def labelled(client: Any, run_id: str) -> list[Any]:
     return list(client.containers.list(all=True, filters={"label": f"{LABEL_RUN_ID}={run_id}"}))
 
@@ -68,31 +78,6 @@ def unique_run_ids(client: Any) -> Iterator[Callable[[str], str]]:
         yield new
     finally:
         remove_labelled(client, prefix)
-
-
-def wait_http(
-    url: str,
-    deadline_s: float,
-    *,
-    alive: Callable[[], bool] = lambda: True,
-    log: Path | None = None,
-) -> float:
-    """Poll ``url`` until it answers 200; seconds taken. Fails early when ``alive()`` turns
-    False, and at the deadline, with the log tail."""
-    start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return time.monotonic() - start
-        except httpx.HTTPError:
-            pass
-        if not alive():
-            break
-        time.sleep(0.5)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    pytest.fail(f"{url} not healthy after {time.monotonic() - start:.0f} s\n{tail}")
 
 
 def chat(base_url: str, model: str, timeout_s: float = 120.0) -> dict[str, Any]:

@@ -1,21 +1,28 @@
-"""Running the ``harness`` command in integration tests, and cleaning up after it.
+"""Processes in integration tests: the ``harness`` command line and anything else a test starts,
+and cleaning up after them however the test ends.
 
-``harness`` starts servers in sessions of their own (so Ctrl-C reaches harness only): killing
-the harness process on a test timeout would leave them running. :func:`run` starts harness in
-its own session too, and on a timeout stops harness's whole tree; :func:`stop_all_under` stops
-every server and background watcher recorded in the state files under a runs directory, which
-the ``campaign_runs`` fixture does after every test, passed or failed.
+Every process goes through :func:`spawn`: a session of its own (so a signal reaches it only when
+the test sends one, and its whole tree can be stopped), recorded so that the ``process_trees``
+fixture (autouse, ``tests/integration/conftest.py``) stops every one still running when the test
+ends, passed or failed, with all it started (:func:`stop`: ``procgroup.stop_tree``, SIGTERM, a
+grace, SIGKILL, stopped members included). ``harness`` itself goes through :func:`start` /
+:func:`run` / :func:`finish`; a timeout stops harness's whole tree and fails the test.
+
+``harness serve`` starts servers in sessions of their own, which outlive a harness killed with
+SIGKILL: :func:`stop_all_under` stops every server and background watcher recorded in the state
+files under a runs directory (the ``campaign_runs`` fixture does it after every test).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -23,22 +30,81 @@ from harness import procgroup
 from harness.procgroup import ProcessRef
 from harness.records import read_json
 
+#: Every process spawned in this test session, oldest first (see the ``process_trees`` fixture).
+_SPAWNED: list[subprocess.Popen[Any]] = []
 
-def harness_argv(runs: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args]
+Output = int | IO[Any] | None
 
 
-def start(runs: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``harness ARGS`` in its own session, output captured (``env``: added variables)."""
-    return subprocess.Popen(
-        harness_argv(runs, *args),
+def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    stdout: Output = subprocess.PIPE,
+    stderr: Output = subprocess.PIPE,
+    text: bool = True,
+) -> subprocess.Popen[Any]:
+    """``argv`` in a session of its own, stdin closed (``env``: variables added to ours)."""
+    proc: subprocess.Popen[Any] = subprocess.Popen(
+        list(argv),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=stdout,
+        stderr=stderr,
+        text=text,
+        cwd=cwd,
         start_new_session=True,
-        env={**os.environ, **env} if env else None,
+        # Always os.environ, never the process's C-level environment (env=None): a library
+        # may have set variables there (COLUMNS=80 under pytest, which truncates `ps` output).
+        env={**os.environ, **(env or {})},
     )
+    _SPAWNED.append(proc)
+    return proc
+
+
+def spawned_count() -> int:
+    """How many processes were spawned so far (a mark for :func:`stop_spawned_since`)."""
+    return len(_SPAWNED)
+
+
+def stop_spawned_since(mark: int) -> None:
+    """Stop every process spawned after ``mark`` that still runs (newest first)."""
+    for proc in reversed(_SPAWNED[mark:]):
+        stop(proc)
+    del _SPAWNED[mark:]
+
+
+def stop(proc: subprocess.Popen[Any], grace_s: float = 5.0) -> int | None:
+    """Stop ``proc`` with its descendants, process group and session (never raises); its exit
+    code, or None when it could not be reaped."""
+    if proc.poll() is None:
+        procgroup.stop_tree(proc.pid, grace_s=grace_s, popen=proc)
+    try:
+        return proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        return None
+    finally:
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def harness_argv(runs: Path | None, *args: str) -> list[str]:
+    """``python -m harness [--runs-dir RUNS] ARGS``."""
+    root = ["--runs-dir", str(runs)] if runs is not None else []
+    return [sys.executable, "-m", "harness", *root, *args]
+
+
+def start(
+    runs: Path | None,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    prefix: Sequence[str] = (),
+) -> subprocess.Popen[str]:
+    """``harness ARGS`` in its own session, output captured (``prefix``: a wrapper command such
+    as ``setpriv ...``; ``env``: variables added)."""
+    return spawn([*prefix, *harness_argv(runs, *args)], env=env, cwd=cwd)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -46,17 +112,22 @@ def finish(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedP
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        procgroup.stop_tree(proc.pid, grace_s=10)
+        procgroup.stop_tree(proc.pid, grace_s=10, popen=proc)
         out, err = proc.communicate(timeout=30)
-        pytest.fail(f"harness did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
+        pytest.fail(f"{proc.args} did not finish in {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def run(
-    runs: Path, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    runs: Path | None,
+    *args: str,
+    timeout: float = 300,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """``harness ARGS`` to its end (bounded by ``timeout``)."""
-    return finish(start(runs, *args, env=env), timeout)
+    return finish(start(runs, *args, env=env, cwd=cwd, prefix=prefix), timeout)
 
 
 def stop_all_under(runs: Path) -> list[int]:
@@ -77,55 +148,38 @@ def only_dir(runs: Path) -> Path:
     return path
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll ``predicate()`` until it is true; fail naming ``what`` after ``timeout``."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    *,
+    procs: Sequence[subprocess.Popen[Any]] = (),
+) -> Any:
+    """Poll ``predicate()`` until it returns something true (returned); fail naming ``what``
+    after ``timeout``, or as soon as one of ``procs`` has exited."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while not (value := predicate()):
+        for proc in procs:
+            if proc.poll() is not None:
+                pytest.fail(f"{proc.args} exited ({proc.returncode}) before {what}")
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+    return value
 
 
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--virtual-time-budget=10000",
-]
-
-
-def chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def open_in_chromium(html: Path, user_data: Path, screenshot: Path | None = None) -> str:
-    """The DOM of ``html`` after headless Chromium loaded it (scripts run); with
-    ``screenshot``, also a PNG of the page."""
-    binary = chromium()
-    assert binary is not None
-    flags = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={user_data}"]
-    dom = subprocess.run(
-        [*flags, "--dump-dom", html.resolve().as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    if screenshot is not None:
-        subprocess.run(
-            [
-                *flags,
-                f"--screenshot={screenshot}",
-                "--window-size=1200,3000",
-                html.resolve().as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )
-    return dom
+def first_line(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """The first line ``proc`` prints (a fixture process saying it is ready), without its
+    newline. Past ``timeout`` the process is stopped and the test fails; so it does when the
+    process ends without a line."""
+    assert proc.stdout is not None
+    timer = threading.Timer(timeout, lambda: procgroup.stop_tree(proc.pid, grace_s=1))
+    timer.start()
+    try:
+        line = proc.stdout.readline()
+    finally:
+        timer.cancel()
+    if not line.endswith("\n"):
+        pytest.fail(f"{proc.args} printed no line within {timeout} s (got {line!r})")
+    return line.rstrip("\n")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have_module, require
-from tests.integration.test_sim_server import sim
+from tests.integration.servers import sim_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -105,7 +105,7 @@ def test_bench_result_matches_vllm_bench_serve(tmp_path: Path, tiny_model_dir: P
         "--max-concurrency", "2", "--num-prompts", "12", "--goodput", "ttft:40", "tpot:4",
         "--metric-percentiles", "50,90,99", "--tokenizer", str(tiny_model_dir),
     ]  # fmt: skip
-    with sim("--ttft-ms", "5", "--itl-ms", "3", "--model-name", "tiny") as (url, _):
+    with sim_server("--ttft-ms", "5", "--itl-ms", "3", "--model-name", "tiny") as (url, _):
         res = subprocess.run(
             [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress",
              "--base-url", url, *ours_args],

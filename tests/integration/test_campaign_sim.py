@@ -16,15 +16,9 @@ import pytest
 from harness.procgroup import ProcessRef
 from harness.records import iter_jsonl, read_json
 from tests.conftest import free_port, require
-from tests.integration.harnesscli import (
-    chromium,
-    finish,
-    only_dir,
-    open_in_chromium,
-    run,
-    start,
-    wait_for,
-)
+from tests.integration.bundles import py_spy_stacks
+from tests.integration.chromium import chromium, open_in_chromium
+from tests.integration.harnesscli import finish, only_dir, run, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +92,11 @@ def test_repro_startup_rate_covers_p_and_every_hang_is_one_incident(
     assert {str(p.parent.parent.relative_to(camp)) for p in incidents} == hung
     for inc in incidents:
         assert read_json(inc / "incident.json")["kind"] == "startup-hang"
-        assert any((inc / "stacks").iterdir())
+        # Stacks py-spy really took, of every Python process of the hung start.
+        pythons = [p["pid"] for p in read_json(inc / "incident.json")["processes"] if p["python"]]
+        assert pythons
+        for pid in pythons:
+            py_spy_stacks(inc, pid)
     assert res.returncode == 1 and "hung" in res.stderr
     assert summary["ready_s"]["n"] == 30 - hangs_injected
     assert "ready" in summary["phases"]
@@ -216,8 +214,7 @@ def test_soak_killed_with_sigkill_and_resumed_counts_every_request_once(
         os.kill(proc.pid, signal.SIGKILL)  # harness only: its server lives on in its session
         proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     camp = only_dir(campaign_runs)
     before = (camp / "requests.jsonl").read_bytes()
     complete_before = before[: before.rfind(b"\n") + 1]
@@ -357,8 +354,7 @@ def test_interrupted_compare_stops_its_server_and_still_reports(campaign_runs: P
         proc.send_signal(signal.SIGINT)
         res = finish(proc, timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     camp = only_dir(campaign_runs)
     assert res.returncode == 130, res.stderr
     assert read_json(camp / "campaign.json")["status"] == "interrupted"
@@ -443,8 +439,7 @@ def test_soak_stopped_with_ctrl_c_reports_and_can_go_on(campaign_runs: Path) -> 
         proc.send_signal(signal.SIGINT)
         res = finish(proc, timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     camp = only_dir(campaign_runs)
     assert res.returncode == 130, res.stderr
     assert f"harness soak --resume {camp.name}" in res.stderr

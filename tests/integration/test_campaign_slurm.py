@@ -12,7 +12,7 @@ import pytest
 
 from harness.records import iter_jsonl, read_json
 from tests.conftest import free_port, require
-from tests.integration.harnesscli import finish, only_dir, run, start, wait_for
+from tests.integration.harnesscli import finish, only_dir, run, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,8 +116,7 @@ def test_a_task_slurm_cancelled_is_recorded_with_its_state(
         subprocess.run(["scancel", f"{job}_2"], check=True, timeout=30)
         res = finish(proc, timeout=300)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     camp = only_dir(campaign_runs)
     starts = {s["n"]: s for s in iter_jsonl(camp / "starts.jsonl")}
     assert starts[1]["outcome"] == "hang"

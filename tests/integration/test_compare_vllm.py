@@ -10,7 +10,8 @@ import pytest
 
 from harness.records import iter_jsonl, read_json
 from tests.conftest import free_port, have_module, require
-from tests.integration.harnesscli import chromium, only_dir, open_in_chromium, run
+from tests.integration.chromium import chromium, open_in_chromium
+from tests.integration.harnesscli import only_dir, run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,17 +8,16 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, require
+from tests.integration.bundles import py_spy_stacks
+from tests.integration.harnesscli import first_line, run, spawn, wait_for
 
 pytestmark = pytest.mark.integration
 
-HARNESS = [sys.executable, "-m", "harness"]
 # Every Python child says it is ready (imports done, in sleeper()) before the parent does.
 KID = "import time\ndef sleeper():\n    print('ready', flush=True)\n    time.sleep(900)\nsleeper()"
 TREE = f"""
@@ -34,18 +33,11 @@ time.sleep(900)
 
 
 @pytest.fixture
-def tree() -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", TREE], stdout=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGCONT)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+def tree() -> subprocess.Popen[str]:
+    """The tree, every process ready; stopped by the process_trees fixture."""
+    proc = spawn([sys.executable, "-c", TREE], stderr=None)
+    assert first_line(proc) == "ready"
+    return proc
 
 
 def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
@@ -57,12 +49,7 @@ def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
     python_kids = [k for k in kids if "python" in k.name()]
     os.kill(python_kids[0].pid, signal.SIGSTOP)
     runs = tmp_path / "runs"
-    out = subprocess.run(
-        [*HARNESS, "dump", "--runs-dir", str(runs), "--pid", str(tree.pid), "--gap", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    out = run(runs, "dump", "--pid", str(tree.pid), "--gap", "0.5", timeout=180)
     assert out.returncode == 0, out.stderr
     bundle = Path(out.stdout.strip().splitlines()[-1])
     incident = json.loads((bundle / "incident.json").read_text())
@@ -75,8 +62,10 @@ def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
     sleep_pid = next(k.pid for k in kids if k.name() == "sleep")
     assert procs[sleep_pid]["python"] is False
     assert "not a Python process" in (bundle / "stacks" / f"{sleep_pid}.txt").read_text()
-    for pid in procs:
-        assert (bundle / "stacks" / f"{pid}.txt").exists()
+    # Stacks py-spy really took: the sleepers in sleeper(), the parent in its module.
+    for kid in python_kids:
+        py_spy_stacks(bundle, kid.pid, frame="sleeper")
+    py_spy_stacks(bundle, tree.pid, frame="<module>")
     for name in ("summary.md", "processes.txt", "env.txt", "shm.txt"):
         assert (bundle / name).exists(), name
     first = (bundle / "summary.md").read_text().splitlines()[1]
@@ -84,16 +73,9 @@ def test_dump_pid_tree_with_a_stopped_and_a_non_python_process(
 
 
 def test_dump_needs_exactly_one_target(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [*HARNESS, "dump", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
-    )
+    out = run(tmp_path, "dump", timeout=60)
     assert out.returncode == 2 and "exactly one" in out.stderr
-    gone = subprocess.run(
-        [*HARNESS, "dump", "--runs-dir", str(tmp_path), "--pid", "999999"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    gone = run(tmp_path, "dump", "--pid", "999999", timeout=60)
     assert gone.returncode == 2 and "no process 999999" in gone.stderr
 
 
@@ -147,24 +129,16 @@ def test_gloo_deadlock_inside_a_container(tmp_path: Path) -> None:
     )
     try:
         # Both ranks say so just before they block: rank 1 skips its all_reduce, rank 0 waits in it.
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        def blocked() -> bool:
             logs = subprocess.run(
                 ["docker", "logs", name], capture_output=True, text=True, timeout=30
             )
             out = logs.stdout + logs.stderr
-            if "rank 0 step 3: enters all_reduce" in out and "rank 1 step 3: waits" in out:
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("the deadlock program never reached its hang")
+            return "rank 0 step 3: enters all_reduce" in out and "rank 1 step 3: waits" in out
+
+        wait_for(blocked, 180, "the deadlock program to reach its hang", interval=1)
         runs = tmp_path / "runs"
-        out = subprocess.run(
-            [*HARNESS, "dump", "--runs-dir", str(runs), "--container", name, "--gap", "1"],
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        out = run(runs, "dump", "--container", name, "--gap", "1", timeout=180)
         assert out.returncode == 0, out.stderr
         bundle = Path(out.stdout.strip().splitlines()[-1])
         incident = json.loads((bundle / "incident.json").read_text())

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -24,10 +23,10 @@ import pytest
 from harness.watchdog.probes import run_command as capture_run
 from harness.watchdog.subproc import run_with_deadline
 from tests.conftest import REPO, require
+from tests.integration.harnesscli import first_line, run, spawn
 
 pytestmark = pytest.mark.integration
 
-HARNESS = [sys.executable, "-m", "harness"]
 FIXTURES = REPO / "tests" / "fixtures" / "remote"
 SLEEPER = (
     "import sys, time\n"
@@ -45,39 +44,21 @@ def _py_spy() -> str:
 
 
 @pytest.fixture
-def sleepers() -> Iterator[tuple[str, list[int]]]:
-    """Two Python processes whose command lines carry a unique marker; (match regex, pids)."""
+def sleepers() -> tuple[str, list[int]]:
+    """Two Python processes whose command lines carry a unique marker, ready (in sleeper());
+    (match regex, pids). Stopped by the process_trees fixture."""
     marker = f"harness-remote-{uuid.uuid4().hex[:12]}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", SLEEPER, marker],
-            stdout=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
-        for _ in range(2)
-    ]
-    try:
-        for p in procs:
-            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
-        # "[r]": the regex does not match its own text in harness dump's command line.
-        yield marker[:-1] + f"[{marker[-1]}]", [p.pid for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-            p.wait(timeout=30)
+    procs = [spawn([sys.executable, "-c", SLEEPER, marker], stderr=None) for _ in range(2)]
+    for p in procs:
+        assert first_line(p) == "ready"
+    # "[r]": the regex does not match its own text in harness dump's command line.
+    return marker[:-1] + f"[{marker[-1]}]", [p.pid for p in procs]
 
 
 def _dump(
     args: list[str], runs: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HARNESS, "dump", "--runs-dir", str(runs), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
+    return run(runs, "dump", *args, timeout=300, env=env)
 
 
 def _gone(pid: int, deadline_s: float = 10.0) -> bool:

@@ -3,45 +3,20 @@ copies them, exact bodies included, into the incident a hang files (simulated en
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from harness.load.factory import Overrides, RequestFactory
 from harness.load.tokenizer import WordTokenizer
 from harness.load.workload import load_workload
 from tests.conftest import free_port
+from tests.integration.harnesscli import finish, start, wait_for
+from tests.integration.servers import wait_healthy
 
 pytestmark = pytest.mark.integration
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
-
-
-def _wait(what: str, ok: Any, deadline_s: float, *procs: subprocess.Popen[str]) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        value = ok()
-        if value:
-            return value
-        for proc in procs:
-            assert proc.poll() is None, f"{proc.args[3]} exited ({proc.returncode}) before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def _records(run: Path) -> list[dict[str, Any]]:
@@ -52,47 +27,32 @@ def _records(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def test_requests_in_flight_during_a_hang_reach_the_incident(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
-    harness = [sys.executable, "-m", "harness"]
+def test_requests_in_flight_during_a_hang_reach_the_incident(campaign_runs: Path) -> None:
+    runs = campaign_runs
     # The engine loop stops 20 s after the server is ready: every request in flight stalls.
-    serve = subprocess.Popen(
-        [*harness, "serve", "--engine", "sim", "--model", "sim", "--runtime", "local",
-         "--fault", "engine-stall:at=20", "--stall-after", "3", "--on-hang", "stop",
-         "--port", str(free_port()), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    serve = start(
+        runs, "serve", "--engine", "sim", "--model", "sim", "--runtime", "local",
+        "--fault", "engine-stall:at=20", "--stall-after", "3", "--on-hang", "stop",
+        "--port", str(free_port()),
     )  # fmt: skip
-    load: subprocess.Popen[str] | None = None
-    try:
-        spec_path = _wait(
-            "launch_spec.json", lambda: next(runs.glob("*/launch_spec.json"), None), 120, serve
-        )
-        spec = json.loads(spec_path.read_text())
-        run = spec_path.parent
-
-        def healthy() -> bool:
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(spec["health_url"], timeout=2).status_code == 200
-            return False
-
-        _wait("a healthy server", healthy, 120, serve)
-        # The load's own stall clock is longer than the watchdog's, so its stalled requests are
-        # still in flight when the watchdog files the incident. Requests take under a second
-        # (40 tokens, 20 ms apart): the simulator counts generated tokens when a request ends,
-        # so longer ones would look like a stall to the metrics rule before the real one.
-        load = subprocess.Popen(
-            [*harness, "load", "--run", run.name, "--runs-dir", str(runs), "--no-progress",
-             "-w", "chat-short", "-c", "4", "--max-tokens", "40", "--duration", "120",
-             "--stall-after", "60", "--error-budget", "1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-        serve_out, _ = serve.communicate(timeout=180)
-        assert serve.returncode == 1, serve_out[-3000:]  # a hang found, server stopped
-        load_out, _ = load.communicate(timeout=180)
-    finally:
-        _stop(serve)
-        if load is not None:
-            _stop(load)
+    spec_path = wait_for(
+        lambda: next(runs.glob("*/launch_spec.json"), None), 120, "launch_spec.json", procs=[serve]
+    )
+    spec = json.loads(spec_path.read_text())
+    run = spec_path.parent
+    wait_healthy(spec["health_url"], 120, proc=serve)
+    # The load's own stall clock is longer than the watchdog's, so its stalled requests are
+    # still in flight when the watchdog files the incident. Requests take under a second
+    # (40 tokens, 20 ms apart): the simulator counts generated tokens when a request ends,
+    # so longer ones would look like a stall to the metrics rule before the real one.
+    # The load would go on for 2 minutes: the process_trees fixture stops it if the test fails.
+    load = start(
+        runs, "load", "--run", run.name, "--no-progress", "-w", "chat-short", "-c", "4",
+        "--max-tokens", "40", "--duration", "120", "--stall-after", "60", "--error-budget", "1",
+    )  # fmt: skip
+    served = finish(serve, 180)
+    assert served.returncode == 1, served.stderr[-3000:]  # a hang found, server stopped
+    load_out = finish(load, 180).stderr
 
     (incident,) = run.glob("incidents/*/")
     entries = [json.loads(x) for x in (incident / "inflight.jsonl").read_text().splitlines()]

@@ -8,8 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ from harness.load.tokenizer import WordTokenizer
 from harness.load.workload import load_workload
 from harness.spec import LaunchSpec, LoadLimits
 from tests.conftest import have_module, require
-from tests.integration.test_sim_server import sim
+from tests.integration.harnesscli import finish, only_dir, run, start, wait_for
+from tests.integration.servers import sim_server
 
 pytestmark = pytest.mark.integration
 
@@ -30,17 +29,7 @@ SUMMARY_KEYS = {"requests", "throughput", "rate", "latency_ms", "windows", "good
 
 
 def harness_load(runs: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def only_run(runs: Path) -> Path:
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    return run
+    return run(runs, "load", "--no-progress", *args, timeout=timeout)
 
 
 def records(run: Path) -> list[dict[str, Any]]:
@@ -48,7 +37,7 @@ def records(run: Path) -> list[dict[str, Any]]:
 
 
 def test_closed_loop_2000_requests(runs_dir: Path) -> None:
-    with sim("--ttft-ms", "0", "--itl-ms", "0") as (url, _):
+    with sim_server("--ttft-ms", "0", "--itl-ms", "0") as (url, _):
         res = harness_load(
             runs_dir,
             "--url",
@@ -65,7 +54,7 @@ def test_closed_loop_2000_requests(runs_dir: Path) -> None:
             "2000",
         )
     assert res.returncode == 0, res.stderr
-    run = only_run(runs_dir)
+    run = only_dir(runs_dir)
     recs = records(run)
     assert len(recs) == 2000
     assert sorted(r["index"] for r in recs) == list(range(2000))
@@ -92,7 +81,7 @@ def test_closed_loop_2000_requests(runs_dir: Path) -> None:
 
 
 def test_stalled_requests_are_recorded_and_the_run_goes_on(runs_dir: Path) -> None:
-    with sim(
+    with sim_server(
         "--ttft-ms", "1", "--itl-ms", "2", "--seed", "5", "--fault", "stall:p=0.05,after=3"
     ) as (url, _):
         res = harness_load(
@@ -112,7 +101,7 @@ def test_stalled_requests_are_recorded_and_the_run_goes_on(runs_dir: Path) -> No
             "--fail-on-stall",
         )
     assert res.returncode == 1 and "stalled" in res.stderr  # --fail-on-stall
-    run = only_run(runs_dir)
+    run = only_dir(runs_dir)
     recs = records(run)
     stalled = [r for r in recs if r["status"] == "stalled"]
     ok = [r for r in recs if r["status"] == "ok"]
@@ -133,7 +122,7 @@ def test_stalled_requests_are_recorded_and_the_run_goes_on(runs_dir: Path) -> No
 def test_transports_measure_the_same_things(runs_dir: Path, http: str) -> None:
     if http == "aiohttp":
         require(have_module("httpx_aiohttp"), "httpx-aiohttp (the dev extra installs it)")
-    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
         res = harness_load(
             runs_dir,
             "--url",
@@ -152,7 +141,7 @@ def test_transports_measure_the_same_things(runs_dir: Path, http: str) -> None:
             "9",
         )
     assert res.returncode == 0, res.stderr
-    recs = records(only_run(runs_dir))
+    recs = records(only_dir(runs_dir))
     assert len(recs) == 40
     assert all(
         r["status"] == "ok" and r["output_tokens"] == 5 and len(r["itl_ms"]) == 4 for r in recs
@@ -161,7 +150,7 @@ def test_transports_measure_the_same_things(runs_dir: Path, http: str) -> None:
 
 
 def test_open_loop_rate_and_run_directory(runs_dir: Path) -> None:
-    with sim("--ttft-ms", "1", "--itl-ms", "1", "--model-name", "served") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1", "--model-name", "served") as (url, _):
         port = int(url.rsplit(":", 1)[1])
         run = runs_dir / "r1"
         run.mkdir()
@@ -215,12 +204,12 @@ def test_open_loop_rate_and_run_directory(runs_dir: Path) -> None:
 
 
 def test_error_budget_stops_the_run(runs_dir: Path) -> None:
-    with sim("--fault", "http-error:p=1,status=500") as (url, _):
+    with sim_server("--fault", "http-error:p=1,status=500") as (url, _):
         res = harness_load(
             runs_dir, "--url", url, "-c", "2", "--duration", "60", "--error-budget", "5"
         )
     assert res.returncode == 1 and "error budget" in res.stderr
-    recs = records(only_run(runs_dir))
+    recs = records(only_dir(runs_dir))
     assert all(
         r["status"] == "failed" and r["error"] == "http_500:InternalServerError" for r in recs
     )
@@ -250,43 +239,26 @@ def test_ctrl_c_keeps_every_record_and_writes_the_summary(
 ) -> None:
     """Ctrl-C (once or twice) or SIGTERM: every record kept, summary.json and the result files
     written, exit 130 (docs/load.md)."""
-    with sim("--ttft-ms", "1", "--itl-ms", "20") as (url, _):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "harness",
-                "load",
-                "--runs-dir",
-                str(runs_dir),
-                "--no-progress",
-                "--url",
-                url,
-                "-c",
-                "8",
-                "--duration",
-                "600",
-                "--max-tokens",
-                "50",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not list(runs_dir.glob("*/requests.jsonl")) or not records(only_run(runs_dir)):
-                assert time.monotonic() < deadline and proc.poll() is None
-                time.sleep(0.2)
-            for sig in signals:
-                os.kill(proc.pid, sig)
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
-    run = only_run(runs_dir)
+    with sim_server("--ttft-ms", "1", "--itl-ms", "20") as (url, _):
+        # The load would run for 10 minutes: the process_trees fixture stops it if the test
+        # fails before the signal does.
+        proc = start(
+            runs_dir, "load", "--no-progress", "--url", url, "-c", "8", "--duration", "600",
+            "--max-tokens", "50",
+        )  # fmt: skip
+
+        def recorded() -> bool:
+            assert proc.poll() is None, proc.communicate()
+            return bool(list(runs_dir.glob("*/requests.jsonl"))) and bool(
+                records(only_dir(runs_dir))
+            )
+
+        wait_for(recorded, 60, "the first finished request")
+        for sig in signals:
+            os.kill(proc.pid, sig)
+        res = finish(proc, 60)
+    assert res.returncode == 130, res.stderr
+    run = only_dir(runs_dir)
     summary = json.loads((run / "summary.json").read_text())
     recs = records(run)
     assert summary["run"]["stop_reason"] == "interrupted"
@@ -318,7 +290,7 @@ def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
         runner.stop("test", hard=True)
         return inflight, published, await task
 
-    with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
         inflight, published, summary = asyncio.run(asyncio.wait_for(main(url), 120))
     assert {f["index"] for f in inflight} == {0, 1, 2}
     assert all(f["last_token_at"] is not None for f in inflight)
@@ -344,7 +316,7 @@ def test_stall_callback(tmp_path: Path) -> None:
     cfg = LoadConfig(
         workload_name="chat-short", concurrency=2, requests=2, stall_after_s=0.5, max_tokens=10
     )
-    with sim("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
         runner = LoadRunner(cfg, base_url=url, out_dir=tmp_path, on_stall=seen.append)
         summary = asyncio.run(asyncio.wait_for(runner.run(), 120))
     assert summary["requests"]["stalled"] == 2
@@ -389,7 +361,7 @@ def test_lean_shortcut_sends_and_reads_what_httpx_does() -> None:
             await client.aclose()
         return out
 
-    with sim("--seed", "3") as (url, _):
+    with sim_server("--seed", "3") as (url, _):
         results = asyncio.run(both(url))
     statuses = [(a, b) for a, b, *_ in results]
     assert statuses == [(200, 200), (200, 200), (400, 400)]
@@ -405,7 +377,7 @@ def test_lean_shortcut_sends_and_reads_what_httpx_does() -> None:
 def test_vllm_bench_serve_option_names_and_result_files(runs_dir: Path) -> None:
     """vllm bench serve's names as aliases; bench_result.json and requests.csv next to
     summary.json, with vLLM's keys for what was asked."""
-    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
         res = harness_load(
             runs_dir,
             "--base-url",
@@ -425,7 +397,7 @@ def test_vllm_bench_serve_option_names_and_result_files(runs_dir: Path) -> None:
             "50,90,99.9",
         )
     assert res.returncode == 0, res.stderr
-    run = only_run(runs_dir)
+    run = only_dir(runs_dir)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["run"]["mode"] == "closed" and summary["run"]["concurrency"] == 4
     assert summary["requests"]["sent"] == 24
@@ -443,7 +415,7 @@ def test_vllm_bench_serve_option_names_and_result_files(runs_dir: Path) -> None:
     assert sorted(int(r["index"]) for r in rows) == list(range(24))
     assert {r["status"] for r in rows} == {"ok"} and {r["output_tokens"] for r in rows} == {"6"}
     # --request-rate inf without a cap: all --num-prompts at once, as vllm bench serve does.
-    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
         res = harness_load(runs_dir, "--url", url, "--request-rate", "inf", "-n", "5")
     assert res.returncode == 0, res.stderr
     (second,) = [p for p in runs_dir.iterdir() if p != run]
@@ -476,10 +448,10 @@ def test_bad_flags_leave_no_run_directory(runs_dir: Path, args: list[str], messa
 
 def test_output_that_is_not_a_terminal_is_never_wrapped(tmp_path: Path) -> None:
     runs = tmp_path / ("a-long-directory-name-" * 4) / "runs"  # paths well past 80 columns
-    with sim("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "1") as (url, _):
         res = harness_load(runs, "--url", url, "-c", "2", "-n", "4", "--max-tokens", "3")
     assert res.returncode == 0, res.stderr
-    run = only_run(runs)
+    run = only_dir(runs)
     lines = res.stdout.splitlines()
     assert f"records: {run / 'requests.jsonl'}" in lines
     assert f"summary: {run / 'summary.json'}" in lines
@@ -489,12 +461,12 @@ def test_output_that_is_not_a_terminal_is_never_wrapped(tmp_path: Path) -> None:
 
 def test_a_concurrency_cap_that_holds_the_rate_back_is_reported(runs_dir: Path) -> None:
     # Each request takes about 0.5 s; one at a time cannot reach 20/s.
-    with sim("--ttft-ms", "1", "--itl-ms", "25") as (url, _):
+    with sim_server("--ttft-ms", "1", "--itl-ms", "25") as (url, _):
         res = harness_load(
             runs_dir, "--url", url, "--rate", "20", "-c", "1", "-n", "6", "--max-tokens", "20"
         )
     assert res.returncode == 0, res.stderr
-    summary = json.loads((only_run(runs_dir) / "summary.json").read_text())
+    summary = json.loads((only_dir(runs_dir) / "summary.json").read_text())
     capped = summary["rate"]["capped_by_concurrency"]
     assert capped["concurrency"] == 1 and capped["waited"] >= 4
     assert any("--concurrency 1 capped the rate" in n for n in summary["notes"])

@@ -6,48 +6,19 @@ report`` renders the replay."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.harnesscli import finish, run, start, stop, stop_all_under, wait_for
+from tests.integration.servers import sim_server, wait_healthy
 
 pytestmark = pytest.mark.integration
-
-HARNESS = [sys.executable, "-m", "harness"]
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30)
-
-
-def _healthy(url: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(url + "/health", timeout=2).status_code == 200
-    return False
-
-
-def _wait(what: str, ok: Any, deadline_s: float, proc: subprocess.Popen[str]) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while not (value := ok()):
-        assert proc.poll() is None, f"{what}: the process exited ({proc.returncode})"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -57,33 +28,38 @@ def stall_incident(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     stopped by then. The load's own stall limit is longer than the watchdog's."""
     runs = tmp_path_factory.mktemp("replay") / "runs"
     port = free_port()
-    serve = subprocess.Popen(
-        [*HARNESS, "serve", "--engine", "sim", "--model", "sim", "--runtime", "local",
-         "--fault", "stall:p=1,after=0", "--stall-after", "12", "--on-hang", "stop",
-         "--port", str(port), "--runs-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    serve = start(
+        runs, "serve", "--engine", "sim", "--model", "sim", "--runtime", "local",
+        "--fault", "stall:p=1,after=0", "--stall-after", "12", "--on-hang", "stop",
+        "--port", str(port),
     )  # fmt: skip
     load: subprocess.Popen[str] | None = None
     try:
-        spec = _wait(
-            "launch_spec.json", lambda: next(runs.glob("*/launch_spec.json"), None), 60, serve
+        spec = wait_for(
+            lambda: next(runs.glob("*/launch_spec.json"), None),
+            60,
+            "launch_spec.json",
+            procs=[serve],
         )
-        _wait("a healthy server", lambda: _healthy(f"http://127.0.0.1:{port}"), 60, serve)
-        load = subprocess.Popen(
-            [*HARNESS, "load", "--run", spec.parent.name, "--runs-dir", str(runs), "--no-progress",
-             "-w", "chat-short", "-c", "2", "--requests", "2", "--max-tokens", "20",
-             "--stall-after", "60"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        wait_healthy(f"http://127.0.0.1:{port}/health", 60, proc=serve)
+        load = start(
+            runs, "load", "--run", spec.parent.name, "--no-progress", "-w", "chat-short",
+            "-c", "2", "--requests", "2", "--max-tokens", "20", "--stall-after", "60",
         )  # fmt: skip
-        out, _ = serve.communicate(timeout=120)
-        assert serve.returncode == 1, out[-3000:]
-        load.communicate(timeout=120)
+        served = finish(serve, 120)
+        assert served.returncode == 1, served.stdout[-3000:] + served.stderr[-3000:]
+        finish(load, 120)
     finally:
-        _stop(serve)
+        # A module-scoped fixture: its processes are its own to stop.
+        stop(serve)
         if load is not None:
-            _stop(load)
+            stop(load)
+        stop_all_under(runs)
     (incident,) = spec.parent.glob("incidents/*/")
-    yield incident
+    try:
+        yield incident
+    finally:
+        stop_all_under(runs)  # any server a replay of the tests left behind
 
 
 def test_replay_on_fresh_servers_brings_the_stall_back(stall_incident: Path) -> None:
@@ -93,11 +69,7 @@ def test_replay_on_fresh_servers_brings_the_stall_back(stall_incident: Path) -> 
     originals = sorted(json.dumps(e.get("body") or e.get("payload")) for e in entries)
     runs = stall_incident.parents[2]
     began = time.monotonic()
-    out = subprocess.run(
-        [*HARNESS, "replay", str(stall_incident), "--times", "2", "--stall-after", "4",
-         "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    out = run(runs, "replay", str(stall_incident), "--times", "2", "--stall-after", "4")
     took = time.monotonic() - began
     assert out.returncode == 1, out.stdout + out.stderr  # the hang came back
     assert "the hang came back in 2 of 2 attempt(s)" in out.stderr
@@ -133,20 +105,11 @@ def test_replay_on_fresh_servers_brings_the_stall_back(stall_incident: Path) -> 
 def test_replay_against_a_healthy_server_does_not_reproduce(
     stall_incident: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    sim = subprocess.Popen(
-        [*HARNESS, "sim", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _wait("the simulator", lambda: _healthy(f"http://127.0.0.1:{port}"), 60, sim)
-        out = subprocess.run(
-            [*HARNESS, "replay", str(stall_incident), "--url", f"http://127.0.0.1:{port}",
-             "--times", "2", "--stall-after", "5", "--runs-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=180,
+    with sim_server() as (url, _):
+        out = run(
+            tmp_path, "replay", str(stall_incident), "--url", url, "--times", "2",
+            "--stall-after", "5", timeout=180,
         )  # fmt: skip
-    finally:
-        _stop(sim)
     assert out.returncode == 0, out.stdout + out.stderr
     (replay,) = tmp_path.glob("*-replay-*")
     r = json.loads((replay / "summary.json").read_text())["replay"]
@@ -162,10 +125,7 @@ def test_an_incident_without_inflight_jsonl_is_bad_input(tmp_path: Path) -> None
     bundle = tmp_path / "incidents" / "1"
     bundle.mkdir(parents=True)
     (bundle / "summary.md").write_text("x\n")
-    out = subprocess.run(
-        [*HARNESS, "replay", str(bundle), "--runs-dir", str(tmp_path / "runs")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    out = run(tmp_path / "runs", "replay", str(bundle), timeout=60)
     assert out.returncode == 2
     assert out.stderr.startswith(f"error: {bundle}: no inflight.jsonl"), out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()

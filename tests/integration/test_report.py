@@ -7,12 +7,13 @@ import re
 from pathlib import Path
 
 from tests.conftest import require
-from tests.integration.harnesscli import chromium, only_dir, open_in_chromium, run
-from tests.integration.test_sim_server import sim
+from tests.integration.chromium import chromium, open_in_chromium
+from tests.integration.harnesscli import only_dir, run
+from tests.integration.servers import sim_server
 
 
 def test_report_of_a_load_run(campaign_runs: Path, tmp_path: Path) -> None:
-    with sim() as (url, _):
+    with sim_server() as (url, _):
         load = run(campaign_runs, "load", "--url", url, "-c", "4", "-n", "40", "--no-progress")
     assert load.returncode == 0, load.stderr
     run_dir = only_dir(campaign_runs)

@@ -13,7 +13,7 @@ import pytest
 from harness.procgroup import ProcessRef
 from harness.records import read_json
 from tests.conftest import free_port
-from tests.integration.harnesscli import finish, only_dir, run, start, wait_for
+from tests.integration.harnesscli import finish, only_dir, run, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +55,7 @@ def test_a_signal_during_startup_stops_everything(campaign_runs: Path, sig: sign
         proc.send_signal(sig)
         res = finish(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert res.returncode == 0, res.stderr
     assert "stopping" in res.stderr
     assert not server.alive()
@@ -74,8 +73,7 @@ def test_a_signal_while_watching_a_healthy_server_stops_everything(
         proc.send_signal(sig)
         res = finish(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert res.returncode == 0, res.stderr
     assert not server.alive()
 
@@ -93,8 +91,7 @@ def test_stopped_after_a_recorded_hang_exits_1(campaign_runs: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         res = finish(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert res.returncode == 1, res.stderr
     assert "engine-stall" in res.stderr and "summary.md" in res.stderr
     assert not server.alive()
@@ -115,8 +112,7 @@ def test_on_hang_restart_starts_a_fresh_server_and_watches_it(campaign_runs: Pat
         proc.send_signal(signal.SIGINT)
         res = finish(proc, 60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop(proc)
     assert res.returncode == 1
     assert "restarted" in res.stderr
     assert not server_of(campaign_runs).alive()

@@ -2,70 +2,39 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from tests.conftest import free_port, require
+from tests.conftest import require
+from tests.integration.harnesscli import run, wait_for
+from tests.integration.servers import sim_server
 
 pytestmark = pytest.mark.integration
 
 
-@contextmanager
-def sim(
-    *args: str, wait_ready: bool = True, log: Path | None = None
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "sim", "--port", str(port), "--startup-s", "0.1", *args],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        if wait_ready:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, "sim exited during startup"
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "sim never became healthy"
-                time.sleep(0.1)
-        yield url, proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        if log:
-            out.close()  # type: ignore[union-attr]
-
-
 def _wait_for_line(path: Path, needle: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while needle not in path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, f"{needle!r} never logged"
-        time.sleep(0.1)
+    wait_for(lambda: needle in path.read_text(errors="replace"), deadline_s, f"{needle!r} logged")
+
+
+def _listening(url: str) -> bool:
+    try:
+        httpx.get(url + "/v1/models", timeout=2)
+    except httpx.ConnectError:
+        return False
+    return True
 
 
 def test_routes_stream_usage_and_metrics(tmp_path: Path) -> None:
-    with sim("--model-name", "tiny", "--itl-ms", "2", "--ttft-ms", "1", log=tmp_path / "log") as (
+    with sim_server(
+        "--model-name", "tiny", "--itl-ms", "2", "--ttft-ms", "1", log=tmp_path / "log"
+    ) as (
         url,
         _,
     ):
@@ -105,7 +74,7 @@ def test_routes_stream_usage_and_metrics(tmp_path: Path) -> None:
 
 def test_worker_stall_looks_like_a_tp_collective_hang(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    with sim(
+    with sim_server(
         "--tp", "2", "--itl-ms", "5", "--fault", "worker-stall:rank=1,at=0,mode=sleep", log=log
     ) as (url, proc):
         children = psutil.Process(proc.pid).children(recursive=True)
@@ -143,14 +112,14 @@ def test_worker_stall_looks_like_a_tp_collective_hang(tmp_path: Path) -> None:
 
 
 def test_crash_fault_exits(tmp_path: Path) -> None:
-    with sim("--fault", "crash:at=0.5,code=3", log=tmp_path / "log") as (_, proc):
+    with sim_server("--fault", "crash:at=0.5,code=3", log=tmp_path / "log") as (_, proc):
         assert proc.wait(timeout=60) == 3
     assert "fatal error" in (tmp_path / "log").read_text()
 
 
 def test_startup_hang_never_listens(tmp_path: Path) -> None:
     log = tmp_path / "log"
-    with sim("--fault", "startup-hang:p=1", wait_ready=False, log=log) as (url, proc):
+    with sim_server("--fault", "startup-hang:p=1", wait_ready=False, log=log) as (url, proc):
         _wait_for_line(log, "Initializing distributed environment")
         assert proc.poll() is None
         with pytest.raises(httpx.ConnectError):
@@ -159,17 +128,10 @@ def test_startup_hang_never_listens(tmp_path: Path) -> None:
 
 
 def test_http_error_and_slow_health(tmp_path: Path) -> None:
-    with sim(
+    with sim_server(
         "--fault", "http-error:p=1,status=503", "--fault", "slow-health:ms=3000", wait_ready=False
     ) as (url, _):
-        deadline = time.monotonic() + 60
-        while True:  # wait until it listens (health itself is slow)
-            try:
-                httpx.get(url + "/v1/models", timeout=2)
-                break
-            except httpx.ConnectError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_for(lambda: _listening(url), 60, "the simulator to listen")  # /health is slow
         r = httpx.post(url + "/v1/completions", json={"prompt": "x"})
         assert r.status_code == 503 and r.json()["error"]["code"] == 503
         with pytest.raises(httpx.ReadTimeout):
@@ -178,12 +140,7 @@ def test_http_error_and_slow_health(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_exit_3() -> None:
-    with sim() as (url, _):
+    with sim_server() as (url, _):
         port = url.rsplit(":", 1)[1]
-        res = subprocess.run(
-            [sys.executable, "-m", "harness", "sim", "--port", port],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        res = run(None, "sim", "--port", port, timeout=60)
         assert res.returncode == 3 and "already in use" in res.stderr
