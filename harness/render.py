@@ -273,7 +273,9 @@ def render_sbatch(
     if spec.device == "cuda":
         lines.append(f"#SBATCH --gres=gpu:{local_ranks}")
     lines += [
-        f"#SBATCH --output={output_dir}/slurm-%j.out",
+        # No --output: slurm-<job>.out lands where the job is submitted (a directory that
+        # exists); harness writes its run under the runs directory.
+        f"# harness writes its run directory under {output_dir}",
         "##SBATCH --partition=PARTITION   (remove one # and set)",
         "##SBATCH --time=HH:MM:SS",
         "set -euo pipefail",

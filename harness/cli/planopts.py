@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 
 from harness import hostfacts, modelcopies, nodefacts
+from harness.errors import PlanError
 from harness.nodeplan import DEFAULT_MASTER_PORT, NodeFacts, check_layout, parse_per_node
 from harness.plan import HostFacts, PlanRequest, make_plan
 from harness.profiles import split_profile_list
@@ -164,6 +165,13 @@ def build_spec(
     nodes: list[NodeFacts] = []
     ifaces: dict[str, str] = {}
     addresses: dict[str, str] = {}
+    if node_count > 1 and for_start and options["runtime"] == "docker":
+        raise PlanError(
+            "serve --nodes runs the engine on each node as a process over ssh; containers on "
+            "several hosts are started per host",
+            hint="harness plan ... --runtime docker --format compose (one service per node: "
+            "`docker compose up <service>` on that node), or serve without --runtime docker",
+        )
     if node_count > 1:
         ifaces = parse_per_node("--net-iface", _given(options["net_iface"]), hosts)
         addresses = parse_per_node("--host-ip", _given(options["host_ip"]), hosts)

@@ -60,7 +60,7 @@ def rank_script(
     env = {k: v for k, v in node.env.items() if k in NETWORK_VARIABLES}
     env.update(RANK=str(node.rank), WORLD_SIZE=str(world), MASTER_ADDR=head, MASTER_PORT=str(port))
     python = shlex.quote(node.argv[0]) if node.argv else "python3"
-    limit = int(timeout_s + 40)
+    limit = int(timeout_s + 25)  # + importing torch and the rendezvous
     lines = [
         "d=$(mktemp -d /tmp/harness-doctor.XXXXXX)",
         "cat > \"$d/sanity.py\" <<'HARNESS_SANITY_EOF'",

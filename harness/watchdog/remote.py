@@ -50,8 +50,9 @@ MARK = "#harness-"
 _SCRIPT = r"""PYSPY={py_spy}
 echo "{mark}host $(hostname)"
 echo "{mark}ps"
-ps -eo pid=,ppid=,stat=,pcpu=,nlwp=,args= | grep -v -e '{mark}' -e 'grep -v -e'
-PIDS=$(ps -u "$(id -u)" -o pid=,args= | grep -E -e {match} | grep -v -e '{mark}' -e 'grep -E' \
+# -ww: whole command lines (ps cuts them at 80 columns under srun, and --match must see them)
+ps -ww -eo pid=,ppid=,stat=,pcpu=,nlwp=,args= | grep -v -e '{mark}' -e 'grep -v -e'
+PIDS=$(ps -ww -u "$(id -u)" -o pid=,args= | grep -E -e {match} | grep -v -e '{mark}' -e 'grep -E' \
   | awk '{{print $1}}')
 echo "{mark}pids" $PIDS  # unquoted: one line, however many pids
 TMP=$(mktemp -d)

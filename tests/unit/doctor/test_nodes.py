@@ -28,7 +28,7 @@ def test_a_rank_script_carries_only_the_network_variables() -> None:
     script = rank_script(node, "print(1)\n", world=2, head="172.25.0.2", port=29501, timeout_s=20)
     assert "export GLOO_SOCKET_IFNAME=eth0" in script and "export RANK=1" in script
     assert "export MASTER_ADDR=172.25.0.2" in script and "sk-never-there" not in script
-    assert "timeout 60 /opt/venv/bin/python3" in script
+    assert "timeout 45 /opt/venv/bin/python3" in script
 
 
 def test_a_rank_output_is_read_between_markers() -> None:
