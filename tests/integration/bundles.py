@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-_THREAD_LINE = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \(\w+\)(: ".*")?$', re.MULTILINE)
+_THREAD_LINE = re.compile(r'^Thread (0x[0-9A-Fa-f]+|\d+) \([^)]*\)(: ".*")?$', re.MULTILINE)
 
 
 def py_spy_stacks(

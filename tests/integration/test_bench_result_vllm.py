@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import have_module, require
+from tests.integration import harnesscli
 from tests.integration.servers import sim_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -106,11 +107,7 @@ def test_bench_result_matches_vllm_bench_serve(tmp_path: Path, tiny_model_dir: P
         "--metric-percentiles", "50,90,99", "--tokenizer", str(tiny_model_dir),
     ]  # fmt: skip
     with sim_server("--ttft-ms", "5", "--itl-ms", "3", "--model-name", "tiny") as (url, _):
-        res = subprocess.run(
-            [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress",
-             "--base-url", url, *ours_args],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        res = harnesscli.run(runs, "load", "--no-progress", "--base-url", url, *ours_args)
         assert res.returncode == 0, res.stderr
         (run,) = list(runs.iterdir())
         summary = json.loads((run / "summary.json").read_text())

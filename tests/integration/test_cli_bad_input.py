@@ -7,25 +7,18 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.conftest import free_port, have_module, require
+from tests.integration.harnesscli import run
 
 
 def harness(
-    *args: str, runs: Path, prefix: tuple[str, ...] = (), **run_options: Any
+    *args: str, runs: Path, prefix: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "harness", "--runs-dir", str(runs), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        **run_options,
-    )
+    return run(runs, *args, prefix=prefix, timeout=120)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
@@ -133,12 +126,13 @@ def test_tp_that_does_not_split_the_tiny_model(tmp_path: Path, tiny_model_dir: P
 
 def test_more_cpu_ranks_than_cores(tmp_path: Path, model: Path) -> None:
     # One core, whatever this host has: two ranks would be bound to it.
-    one_core = {min(os.sched_getaffinity(0))}
+    require(shutil.which("taskset") is not None, "taskset (util-linux)")
+    one_core = str(min(os.sched_getaffinity(0)))
     proc = harness(
         "plan",
         *("--model", str(model), "--tp", "2", "--device", "cpu"),
         runs=tmp_path,
-        preexec_fn=lambda: os.sched_setaffinity(0, one_core),
+        prefix=("taskset", "-c", one_core),
     )
     assert_one_line_error(proc, 2, "--tp 2 needs 2 cores", "this host has 1 (valid: 1)")
 

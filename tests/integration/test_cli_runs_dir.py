@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.harnesscli import run
 
 
 def harness(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=120
-    )
+    """``harness ARGS`` exactly as given (where --runs-dir goes is what is tested)."""
+    return run(None, *args, timeout=120)
 
 
 @pytest.fixture

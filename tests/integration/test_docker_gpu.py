@@ -8,9 +8,6 @@ tests/unit/test_containerplan.py and tests/unit/runtime/test_docker_pure.py.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +15,20 @@ import pytest
 
 from harness.containerplan import DEFAULT_IMAGES
 from tests.conftest import REPO, free_port
-from tests.integration.dockerutil import (
-    chat,
-    docker_or_skip,
-    image_or_skip,
-    labelled,
-    remove_labelled,
-)
+from tests.integration.dockerutil import chat, image_or_skip, labelled
+from tests.integration.harnesscli import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.gpu, pytest.mark.slow]
 
 
 @pytest.fixture
-def client() -> Any:
-    return docker_or_skip()
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture
-def runs(tmp_path: Path, client: Any) -> Iterator[Path]:
-    d = tmp_path / "runs"
-    d.mkdir()
-    yield d
-    for run in d.iterdir():
-        remove_labelled(client, run.name)
+def runs(docker_runs: Path) -> Path:
+    return docker_runs
 
 
 def test_vllm_tp2_on_gpus_in_the_official_image(
@@ -48,12 +36,11 @@ def test_vllm_tp2_on_gpus_in_the_official_image(
 ) -> None:
     image = image_or_skip(client, DEFAULT_IMAGES[("vllm", "cuda")])
     port = free_port()
-    served = subprocess.run(
-        [sys.executable, "-m", "harness", "serve", "--engine", "vllm",
-         "--model", str(tiny_model_dir), "--tp", "2", "--profile", "debug", "--runtime", "docker",
-         "--device", "cuda", "--gpus", "tp", "--image", image, "--port", str(port),
-         "--runs-dir", str(runs), "--detach", "--startup-timeout", "1200"],
-        capture_output=True, text=True, timeout=1500, cwd=REPO,
+    served = run(
+        runs, "serve", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "2",
+        "--profile", "debug", "--runtime", "docker", "--device", "cuda", "--gpus", "tp",
+        "--image", image, "--port", str(port), "--detach", "--startup-timeout", "1200",
+        timeout=1500, cwd=REPO,
     )  # fmt: skip
     assert served.returncode == 0, served.stderr
     (run_dir,) = list(runs.iterdir())
@@ -65,9 +52,6 @@ def test_vllm_tp2_on_gpus_in_the_official_image(
     assert listed.output.decode().count("GPU ") == 2
     spec = json.loads((run_dir / "launch_spec.json").read_text())
     chat(spec["base_url"], spec["served_model_name"])
-    down = subprocess.run(
-        [sys.executable, "-m", "harness", "down", run_dir.name, "--runs-dir", str(runs)],
-        capture_output=True, text=True, timeout=180, cwd=REPO,
-    )  # fmt: skip
+    down = run(runs, "down", run_dir.name, timeout=180, cwd=REPO)
     assert down.returncode == 0, down.stderr
     assert labelled(client, run_dir.name) == []

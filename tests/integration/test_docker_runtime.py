@@ -10,11 +10,9 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +29,21 @@ from harness.runtime.docker_runs import docker_down, docker_ps
 from harness.spec import LaunchSpec
 from harness.watchdog.capture import dump_stack
 from tests.conftest import REPO, free_port, require
-from tests.integration.dockerutil import (
-    docker_or_skip,
-    image_or_skip,
-    labelled,
-    unique_run_ids,
-    wait_http,
-)
+from tests.integration.dockerutil import labelled
+from tests.integration.harnesscli import finish, first_line, run, spawn, wait_for
+from tests.integration.servers import wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-HARNESS = [sys.executable, "-m", "harness"]
+
+@pytest.fixture
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture
-def client() -> Any:
-    return docker_or_skip()
-
-
-@pytest.fixture
-def image(client: Any) -> str:
-    return image_or_skip(client)
-
-
-@pytest.fixture
-def new_run_id(client: Any) -> Iterator[Callable[[str], str]]:
-    yield from unique_run_ids(client)
+def image(docker_image: str) -> str:
+    return docker_image
 
 
 @pytest.fixture
@@ -117,7 +104,7 @@ def http_spec(
 
 def start(spec: LaunchSpec) -> DockerHandle:
     handle = DockerRuntime().start(spec, RunDir(Path(spec.run_dir)))
-    wait_http(
+    wait_healthy(
         spec.health_url,
         60,
         alive=lambda: handle.poll() is None,
@@ -188,11 +175,8 @@ def test_container_has_the_planned_settings(
     # Output streams into server.log.
     httpx.get(f"{spec.base_url}/config.json", timeout=5)
     log = Path(spec.run_dir) / "server.log"
-    deadline = time.monotonic() + 10
-    while "GET /config.json" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: "GET /config.json" in log.read_text(), 10, "the request's log line")
     assert "Serving HTTP" in log.read_text()
-    assert "GET /config.json" in log.read_text()
 
     assert handle.poll() is None
     code = handle.stop(grace_s=5)
@@ -265,10 +249,7 @@ def test_a_capture_inside_the_container_goes_through_the_handles_exec(
                     found.append(pid)
         return found
 
-    deadline = time.monotonic() + 10
-    while sleepers() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sleepers() == []
+    wait_for(lambda: sleepers() == [], 10, "the command past its deadline to be killed")
     handle.stop(grace_s=2)
     assert labelled(client, run_id) == []
 
@@ -316,11 +297,10 @@ def test_refused_ulimit_through_the_cli(
     profile.write_text("container:\n  ulimits:\n    memlock: -1\n")
     runs = tmp_path / "runs"
     before = {c.id for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
-    result = subprocess.run(
-        [*HARNESS, "serve", "--engine", "sim", "--model", "sim-model", "--runtime", "docker",
-         "--image", image, "--profile", str(profile), "--port", str(free_port()),
-         "--runs-dir", str(runs), "--startup-timeout", "60"],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+    result = run(
+        runs, "serve", "--engine", "sim", "--model", "sim-model", "--runtime", "docker",
+        "--image", image, "--profile", str(profile), "--port", str(free_port()),
+        "--startup-timeout", "60", timeout=120, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "hint:"))]
@@ -351,31 +331,20 @@ def test_orphan_of_a_killed_harness_is_found_and_removed(
     spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
     spec_file = runs_dir / "spec.json"
     spec_file.write_text(spec.to_json())
-    owner = subprocess.Popen(
-        [sys.executable, "-c", ORPHAN_MAKER, str(spec_file)],
-        stdout=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
-    try:
-        assert owner.stdout is not None
-        assert owner.stdout.readline().strip() == "started"
-        wait_http(spec.health_url, 60)
-        rows = [r for r in docker_ps() if r["run_id"] == run_id]
-        assert len(rows) == 1 and rows[0]["orphan"] is False
-        os.kill(owner.pid, signal.SIGKILL)
-        owner.wait(timeout=10)
-    finally:
-        if owner.poll() is None:
-            owner.kill()
+    owner = spawn([sys.executable, "-c", ORPHAN_MAKER, str(spec_file)], cwd=REPO, stderr=None)
+    assert first_line(owner) == "started"
+    wait_healthy(spec.health_url, 60)
+    rows = [r for r in docker_ps() if r["run_id"] == run_id]
+    assert len(rows) == 1 and rows[0]["orphan"] is False
+    os.kill(owner.pid, signal.SIGKILL)
+    owner.wait(timeout=10)
     (row,) = [r for r in docker_ps() if r["run_id"] == run_id]
     assert row["status"] == "running"
     assert row["orphan"] is True
     assert row["name"] == spec.container.name if spec.container else False
     assert (row["engine"], row["tp"], row["image"]) == ("vllm", 2, image)
 
-    result = subprocess.run(
-        [*HARNESS, "down", run_id, "--runs-dir", str(runs_dir)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+    result = run(runs_dir, "down", run_id, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert labelled(client, run_id) == []
     # Its output, no longer followed by anyone, was saved before the container went.
@@ -393,10 +362,7 @@ def test_down_all_leaves_no_labelled_container(
         # Not waited for or stopped by the test: `down --all` must handle it.
         DockerRuntime(follow_logs=False).start(spec, RunDir(Path(spec.run_dir)))
         names.append(spec.container.name if spec.container else "")
-    result = subprocess.run(
-        [*HARNESS, "down", "--all", "--runs-dir", str(runs_dir)],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
-    )  # fmt: skip
+    result = run(runs_dir, "down", "--all", timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert client.containers.list(all=True, filters={"label": LABEL_RUN_ID}) == []
     assert docker_down(all_runs=True) == []
@@ -437,12 +403,12 @@ def counter_values(text: str, word: str) -> list[int]:
 
 
 def wait_for_tick(log: Path, at_least: int, deadline_s: float = 60) -> list[int]:
-    deadline = time.monotonic() + deadline_s
-    while True:
+    def reached() -> list[int] | None:
         ticks = counter_values(log.read_text(), "tick")
-        if (ticks and ticks[-1] >= at_least) or time.monotonic() > deadline:
-            return ticks
-        time.sleep(0.1)
+        return ticks if ticks and ticks[-1] >= at_least else None
+
+    ticks: list[int] = wait_for(reached, deadline_s, f"tick {at_least} in server.log")
+    return ticks
 
 
 def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
@@ -456,10 +422,7 @@ def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
     log = Path(spec.run_dir) / "server.log"
     follower: psutil.Process | None = None
     try:
-        owner = subprocess.run(
-            [sys.executable, "-c", DETACHER, str(spec_file)],
-            capture_output=True, text=True, timeout=120, cwd=REPO,
-        )  # fmt: skip
+        owner = finish(spawn([sys.executable, "-c", DETACHER, str(spec_file)], cwd=REPO), 120)
         assert owner.returncode == 0, owner.stderr
         pid = int(owner.stdout.strip())
         follower = psutil.Process(pid)

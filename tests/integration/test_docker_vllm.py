@@ -12,9 +12,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,45 +20,33 @@ import pytest
 
 from harness.containerplan import LABEL_RUN_ID
 from tests.conftest import REPO, free_port, require
-from tests.integration.dockerutil import (
-    chat,
-    docker_or_skip,
-    image_or_skip,
-    labelled,
-    remove_labelled,
-    wait_http,
-)
+from tests.integration.dockerutil import chat, labelled, remove_labelled
+from tests.integration.harnesscli import run, spawn, stop, wait_for
+from tests.integration.servers import wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 
-HARNESS = [sys.executable, "-m", "harness"]
 STARTUP_S = 600.0
 
 
 @pytest.fixture
-def client() -> Any:
-    return docker_or_skip()
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture
-def image(client: Any) -> str:
-    return image_or_skip(client)
+def image(docker_image: str) -> str:
+    return docker_image
 
 
 @pytest.fixture
-def runs(tmp_path: Path, client: Any) -> Iterator[Path]:
+def runs(docker_runs: Path) -> Path:
     """A runs directory; every container of a run planned under it is removed at teardown."""
-    d = tmp_path / "runs"
-    d.mkdir()
-    yield d
-    for run in d.iterdir():
-        remove_labelled(client, run.name)
+    return docker_runs
 
 
 def harness(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HARNESS, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO
-    )
+    return run(None, *args, timeout=timeout, cwd=REPO)
 
 
 def inspect_run(client: Any, run_id: str) -> dict[str, Any]:
@@ -114,10 +99,7 @@ def test_serve_tp2_debug_in_a_container(
     )
     # ... and goes on after it (a background follower): the chat request's access-log line.
     follower = psutil.Process(json.loads((run_dir / "state.json").read_text())["log_follower_pid"])
-    deadline = time.monotonic() + 30
-    while "/v1/chat/completions" not in log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert "/v1/chat/completions" in log.read_text()
+    wait_for(lambda: "/v1/chat/completions" in log.read_text(), 30, "the access-log line")
 
     down = harness("down", run_id, "--runs-dir", str(runs))
     assert down.returncode == 0, down.stderr
@@ -149,11 +131,9 @@ def test_docker_run_line_serves_the_model(
     (runs / run_id).mkdir()  # for teardown by label, as harness serve would create it
     log = runs / run_id / "docker-run.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen(["bash", "-c", text], stdout=out, stderr=subprocess.STDOUT)
+        proc = spawn(["bash", "-c", text], stdout=out, stderr=subprocess.STDOUT)
     try:
-        wait_http(
-            f"http://127.0.0.1:{port}/health", STARTUP_S, alive=lambda: proc.poll() is None, log=log
-        )
+        wait_healthy(f"http://127.0.0.1:{port}/health", STARTUP_S, proc=proc, log=log)
         reply = chat(f"http://127.0.0.1:{port}", tiny_model_dir.name)
         assert reply["model"] == tiny_model_dir.name
         assert inspect_run(client, run_id)["HostConfig"]["Init"] is True
@@ -163,8 +143,7 @@ def test_docker_run_line_serves_the_model(
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            stop(proc)
     remove_labelled(client, run_id)
     assert labelled(client, run_id) == []
 
@@ -201,7 +180,7 @@ def test_compose_file_serves_the_model(
     try:
         assert up.returncode == 0, up.stderr
         (container,) = labelled(client, run_id)
-        wait_http(
+        wait_healthy(
             f"http://127.0.0.1:{port}/health",
             STARTUP_S,
             alive=lambda: container.reload() or container.status == "running",

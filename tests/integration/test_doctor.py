@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,8 @@ from harness.doctor.checks import judge_distributed
 from harness.doctor.run import install_scripts, run_distributed
 from harness.plan import HostFacts, PlanRequest, make_plan
 from tests.conftest import free_port, have_module, require
-from tests.integration.dockerutil import docker_or_skip, image_or_skip
+from tests.integration.dockerutil import docker_or_skip
+from tests.integration.harnesscli import run
 
 pytestmark = pytest.mark.integration
 
@@ -46,12 +46,7 @@ NO_CAPS = [
 def harness(
     runs: Path, *args: str, prefix: tuple[str, ...] = (), timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*prefix, sys.executable, "-m", "harness", "--runs-dir", str(runs), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run(runs, *args, prefix=prefix, timeout=timeout)
 
 
 def lines(out: str) -> dict[str, str]:
@@ -165,19 +160,10 @@ def test_a_wrong_gloo_interface_on_one_rank_fails_naming_it(
 
 
 @pytest.fixture
-def docker_image() -> str:
-    return image_or_skip(docker_or_skip())
-
-
-@pytest.fixture
-def docker_runs(runs_dir: Path, docker_image: str) -> Iterator[Path]:
-    """The runs directory; every container labelled with a run directory under it is removed
-    at teardown."""
-    yield runs_dir
-    client = docker_or_skip()
-    for container in client.containers.list(all=True, filters={"label": LABEL_RUN_DIR}):
-        if (container.labels or {}).get(LABEL_RUN_DIR, "").startswith(str(runs_dir)):
-            container.remove(force=True, v=True)
+def docker_runs(docker_runs: Path, docker_image: str) -> Path:
+    """The shared fixture (containers of runs under it removed at teardown), with the image
+    doctor's containers are made from."""
+    return docker_runs
 
 
 def leftovers(runs: Path) -> list[str]:

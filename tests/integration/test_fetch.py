@@ -9,14 +9,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port, have_module, require
 from tests.integration.fakehub import Stall, fake_hub
-from tests.integration.harnesscli import wait_for
+from tests.integration.harnesscli import harness_argv, run, spawn, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +41,7 @@ def env_for(tmp_path: Path, endpoint: str | None = None, **extra: str) -> dict[s
 def harness(
     tmp_path: Path, *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "--runs-dir", str(tmp_path / "runs"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    return run(tmp_path / "runs", *args, env=env, timeout=timeout)
 
 
 def sha256(path: Path) -> str:
@@ -98,26 +91,20 @@ def test_an_interrupted_download_resumes_with_a_range_request(
     with fake_hub(REPO_ID, source) as (endpoint, state):
         state.stall = Stall("model.safetensors", after_bytes=cut)
         env = env_for(tmp_path, endpoint)
-        argv = [sys.executable, "-m", "harness", "fetch", REPO_ID]
         # Output to a file: a pipe nobody reads would fill with progress bars and block fetch.
-        log = open(tmp_path / "first.log", "wb")  # noqa: SIM115 - closed below
-        first = subprocess.Popen(argv, env=env, stdout=log, stderr=log, start_new_session=True)
+        with open(tmp_path / "first.log", "wb") as log:
+            first = spawn(harness_argv(None, "fetch", REPO_ID), env=env, stdout=log, stderr=log)
         dest = tmp_path / "models" / "hf" / "acme" / "tiny"
         partial = dest / ".harness-partial" / "model.safetensors.part"
-        try:
-            assert state.stall.stalled.wait(60), "the download never reached the cut"
-            # The server has sent up to the cut; wait until fetch has written what it got.
-            wait_for(
-                lambda: partial.is_file() and partial.stat().st_size >= 20 * MIB,
-                30,
-                "20 MiB on disk",
-            )
-            os.killpg(first.pid, signal.SIGKILL)  # as if the machine or the user killed it
-        finally:
-            if first.poll() is None:
-                os.killpg(first.pid, signal.SIGKILL)
-            first.wait(timeout=30)
-            log.close()
+        assert state.stall.stalled.wait(60), "the download never reached the cut"
+        # The server has sent up to the cut; wait until fetch has written what it got.
+        wait_for(
+            lambda: partial.is_file() and partial.stat().st_size >= 20 * MIB,
+            30,
+            "20 MiB on disk",
+        )
+        os.killpg(first.pid, signal.SIGKILL)  # as if the machine or the user killed it
+        first.wait(timeout=30)
         state.stall.release.set()
         kept = partial.stat().st_size
         assert 20 * MIB <= kept <= cut

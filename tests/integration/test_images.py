@@ -14,6 +14,7 @@ import pytest
 
 from harness.containerplan import VLLM_CPU_IMAGE
 from tests.conftest import REPO, require
+from tests.integration.harnesscli import finish, spawn
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
@@ -31,9 +32,8 @@ def _docker_has(image: str) -> bool:
 
 
 def _make_images() -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "-s", "images"], cwd=REPO, capture_output=True, text=True, timeout=3600
-    )
+    # In a session of its own: past the timeout, make, the build script and docker build go.
+    return finish(spawn(["make", "-s", "images"], cwd=REPO), 3600)
 
 
 def test_make_images_after_ci_setup_builds_or_is_up_to_date() -> None:

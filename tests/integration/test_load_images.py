@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,6 +18,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
+
+from tests.integration.harnesscli import only_dir, run
 
 pytestmark = pytest.mark.integration
 
@@ -75,17 +75,15 @@ def capture() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 
 def load(runs: Path, url: str, *args: str) -> list[dict[str, Any]]:
-    done = subprocess.run(
-        [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--url", url,
-         "-w", "vlm-mixed", "--model", "m", "-c", "1", "--max-tokens", "2", "--no-progress",
-         *args],
-        capture_output=True, text=True, timeout=300,
+    done = run(
+        runs, "load", "--url", url, "-w", "vlm-mixed", "--model", "m", "-c", "1",
+        "--max-tokens", "2", "--no-progress", *args,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    summary = json.loads((run / "summary.json").read_text())
+    run_dir = only_dir(runs)
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["requests"]["completed"] == summary["run"]["requests"]
-    lines = (run / "requests.jsonl").read_text().splitlines()
+    lines = (run_dir / "requests.jsonl").read_text().splitlines()
     return sorted((json.loads(line) for line in lines), key=lambda r: r["index"])
 
 

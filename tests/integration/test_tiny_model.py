@@ -5,7 +5,6 @@ own processor (transformers) turns an image into one token per 28×28 pixels up 
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from harness.hostfacts import model_facts
 from harness.tinymodel import VLM_MAX_PIXELS, VLM_PIXELS_PER_TOKEN, existing_kind
 from tests.conftest import have_module, require
+from tests.integration.harnesscli import run
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,7 @@ VLM_SAFE_MAX_PIXELS = 1003520  # profiles/vlm-safe.yaml
 
 
 def build(dest: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "tiny-model", str(dest), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run(None, "tiny-model", str(dest), *args, timeout=300)
 
 
 def files(d: Path) -> dict[str, bytes]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +23,32 @@ import pytest
 from harness.containerplan import DEFAULT_IMAGES
 from harness.load.images import data_url, make_image
 from tests.conftest import REPO, free_port
-from tests.integration.dockerutil import docker_or_skip, image_or_skip, labelled, remove_labelled
+from tests.integration.dockerutil import image_or_skip, labelled
+from tests.integration.harnesscli import run
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.gpu, pytest.mark.slow]
 
 
 @pytest.fixture
-def client() -> Any:
-    return docker_or_skip()
+def client(docker_client: Any) -> Any:
+    return docker_client
 
 
 @pytest.fixture
-def runs(tmp_path: Path, client: Any) -> Iterator[Path]:
-    d = tmp_path / "runs"
-    d.mkdir()
-    yield d
-    for run in d.iterdir():
-        remove_labelled(client, run.name)
+def runs(docker_runs: Path) -> Path:
+    return docker_runs
 
 
 @pytest.fixture
 def qwen2_vl(tmp_path: Path) -> Path:
     dest = tmp_path / "tiny-qwen2-vl"
-    subprocess.run(
-        [sys.executable, "-m", "harness", "tiny-model", str(dest), "--kind", "qwen2-vl"],
-        check=True,
-        timeout=300,
-    )
+    built = run(None, "tiny-model", str(dest), "--kind", "qwen2-vl", timeout=300)
+    assert built.returncode == 0, built.stderr
     return dest
 
 
 def harness(runs: Path, *args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-    )  # fmt: skip
+    return run(runs, *args, timeout=timeout, cwd=REPO)
 
 
 def serve_tp2(runs: Path, model: Path, engine: str, image: str, *extra: str) -> dict[str, Any]:

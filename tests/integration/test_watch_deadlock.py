@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
@@ -13,10 +13,11 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, have_module, require
+from tests.integration.bundles import py_spy_stacks
+from tests.integration.harnesscli import run
 
 pytestmark = pytest.mark.integration
 
-HARNESS = [sys.executable, "-m", "harness"]
 FIXTURE = REPO / "tests" / "fixtures" / "deadlock.py"
 
 
@@ -46,29 +47,17 @@ def test_gloo_deadlock_is_caught_captured_and_cleaned_up(tmp_path: Path) -> None
     script = tmp_path / "deadlock.py"  # a unique path: tells this job's processes apart
     shutil.copy(FIXTURE, script)
     runs = tmp_path / "runs"
-    cmd = [
-        *HARNESS,
-        "watch",
-        "--runs-dir",
-        str(runs),
-        "--stall-after",
-        "15",
-        "--quiet",
-        "--",
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        str(script),
-    ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        proc = run(
+            runs, "watch", "--stall-after", "15", "--quiet", "--",
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
+        )  # fmt: skip
     finally:
-        for pid in _job_left(str(script)):
-            os.kill(pid, 9)
+        left = _job_left(str(script))
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 1, proc.stderr
-    assert _job_left(str(script)) == []
+    assert left == []
     bundle = _only_bundle(runs)
     incident = json.loads((bundle / "incident.json").read_text())
     assert incident["kind"] == "output-stall"
@@ -76,9 +65,11 @@ def test_gloo_deadlock_is_caught_captured_and_cleaned_up(tmp_path: Path) -> None
     assert roles["rank0"]["wait"] == "all_reduce"
     assert roles["rank1"]["wait"].startswith("wait_for_data_that_never_comes")
     assert "torchrun" in roles
-    rank0_stack = (bundle / roles["rank0"]["stack_files"][0]).read_text()
+    rank0_stack = py_spy_stacks(bundle, roles["rank0"]["pid"], frame="all_reduce")
     assert rank0_stack.count("# dump ") == 2 and "all_reduce" in rank0_stack
-    rank1_stack = (bundle / roles["rank1"]["stack_files"][0]).read_text()
+    rank1_stack = py_spy_stacks(
+        bundle, roles["rank1"]["pid"], frame="wait_for_data_that_never_comes"
+    )
     assert "wait_for_data_that_never_comes" in rank1_stack
     summary = (bundle / "summary.md").read_text().splitlines()
     assert summary[0].startswith("output-stall (output-silence) detected at")
@@ -98,25 +89,10 @@ def test_heartbeat_counts_as_progress_and_exit_code_passes_through(tmp_path: Pat
         "sys.exit(3)\n"
     )
     runs = tmp_path / "runs"
-    proc = subprocess.run(
-        [
-            *HARNESS,
-            "watch",
-            "--runs-dir",
-            str(runs),
-            "--stall-after",
-            "3",
-            "--heartbeat",
-            str(hb),
-            "--",
-            sys.executable,
-            "-c",
-            code,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run(
+        runs, "watch", "--stall-after", "3", "--heartbeat", str(hb), "--",
+        sys.executable, "-c", code, timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 3, proc.stderr
     assert list(runs.glob("*/incidents/*")) == []
 
@@ -124,41 +100,24 @@ def test_heartbeat_counts_as_progress_and_exit_code_passes_through(tmp_path: Pat
 def test_silent_command_without_heartbeat_is_a_hang(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     marker = f"silent-{os.getpid()}"
-    proc = subprocess.run(
-        [
-            *HARNESS,
-            "watch",
-            "--runs-dir",
-            str(runs),
-            "--stall-after",
-            "2",
-            "--capture-gap",
-            "0.5",
-            "--",
-            sys.executable,
-            "-c",
-            f"import time; time.sleep(600)  # {marker}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    try:
+        proc = run(
+            runs, "watch", "--stall-after", "2", "--capture-gap", "0.5", "--",
+            sys.executable, "-c", f"import time; time.sleep(600)  # {marker}", timeout=120,
+        )  # fmt: skip
+    finally:
+        left = _job_left(marker)
+        for pid in left:
+            os.kill(pid, signal.SIGKILL)
     assert proc.returncode == 1
-    assert _job_left(marker) == []
+    assert left == []
     bundle = _only_bundle(runs)
     assert (bundle / "summary.md").read_text().startswith("output-stall")
 
 
 def test_watch_without_command_is_bad_input(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [*HARNESS, "watch", "--runs-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
-    )
+    proc = run(tmp_path, "watch", timeout=60)
     assert proc.returncode == 2
-    missing = subprocess.run(
-        [*HARNESS, "watch", "--runs-dir", str(tmp_path), "--", "/nonexistent/cmd"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = run(tmp_path, "watch", "--", "/nonexistent/cmd", timeout=60)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr and "cannot run" in missing.stderr

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,10 +14,10 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, have_module, require
+from tests.integration.harnesscli import run
 
 pytestmark = pytest.mark.integration
 
-HARNESS = [sys.executable, "-m", "harness"]
 FIXTURE = REPO / "tests" / "fixtures" / "deadlock.py"
 
 
@@ -37,11 +36,9 @@ def test_flight_recorder_names_the_rank_that_never_entered(tmp_path: Path) -> No
     shutil.copy(FIXTURE, script)
     runs = tmp_path / "runs"
     try:
-        out = subprocess.run(
-            [*HARNESS, "watch", "--runs-dir", str(runs), "--stall-after", "10", "--quiet",
-             "--flight-recorder", "--", sys.executable, "-m", "torch.distributed.run",
-             "--nproc-per-node", "2", str(script)],
-            capture_output=True, text=True, timeout=300,
+        out = run(
+            runs, "watch", "--stall-after", "10", "--quiet", "--flight-recorder", "--",
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script),
         )  # fmt: skip
     finally:
         _kill_left(str(script))
@@ -87,11 +84,9 @@ def test_a_user_signature_names_the_cause(tmp_path: Path) -> None:
     marker = f"ps-wait-{os.getpid()}"
     code = f"print('waiting for the parameter server at 10.0.0.7:2222', flush=True)\nimport time; time.sleep(600)  # {marker}"
     try:
-        out = subprocess.run(
-            [*HARNESS, "watch", "--runs-dir", str(runs), "--stall-after", "2",
-             "--capture-gap", "0.5", "--signatures", str(mine), "--",
-             sys.executable, "-c", code],
-            capture_output=True, text=True, timeout=120,
+        out = run(
+            runs, "watch", "--stall-after", "2", "--capture-gap", "0.5", "--signatures",
+            str(mine), "--", sys.executable, "-c", code, timeout=120,
         )  # fmt: skip
     finally:
         _kill_left(marker)
@@ -116,11 +111,7 @@ def test_a_signature_file_with_a_bad_regex_is_one_line_and_starts_nothing(
     bad.write_text(SIGNATURES.replace("\\S+", "(unclosed"))
     runs = tmp_path / "runs"
     for command in (["watch", "--", sys.executable, "-c", "pass"], ["dump", "--pid", "1"]):
-        out = subprocess.run(
-            [*HARNESS, command[0], "--runs-dir", str(runs), "--signatures", str(bad),
-             *command[1:]],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+        out = run(runs, command[0], "--signatures", str(bad), *command[1:], timeout=60)
         assert out.returncode == 2, out.stderr
         (line,) = out.stderr.splitlines()
         assert line.startswith(f"error: {bad}:8: signatures.0.match.all.0.log: the regex ")

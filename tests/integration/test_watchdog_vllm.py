@@ -10,11 +10,11 @@ group, SIGKILL escalation).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +26,17 @@ import psutil
 import pytest
 
 from tests.conftest import free_port, have_module, require
-from tests.integration.watchdog_helpers import kill_group
+from tests.integration.bundles import py_spy_stacks
+from tests.integration.harnesscli import (
+    harness_argv,
+    only_dir,
+    run,
+    spawn,
+    stop,
+    stop_all_under,
+    wait_for,
+)
+from tests.integration.servers import wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -41,8 +51,7 @@ class Served:
     model: str
 
     def run_dir(self) -> Path:
-        (run,) = [p for p in self.runs.iterdir() if p.is_dir()]
-        return run
+        return only_dir(self.runs)
 
     def worker(self, name: str) -> int:
         for p in psutil.Process(self.proc.pid).children(recursive=True):
@@ -59,48 +68,23 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     require(have_module("vllm"), "vLLM (CPU build)")
     runs = tmp_path_factory.mktemp("vllm-watch") / "runs"
     port = free_port()
-    out = open(runs.parent / "serve.out", "wb")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "harness",
-            "serve",
-            "--engine",
-            "vllm",
-            "--model",
-            str(tiny_model_dir),
-            "--tp",
-            "2",
-            "--runtime",
-            "local",
-            "--profile",
-            "default,eager",
-            "--port",
-            str(port),
-            "--stall-after",
-            "20",
-            "--runs-dir",
-            str(runs),
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, **SECRETS},
-    )
+    log = runs.parent / "serve.out"
+    with open(log, "wb") as out:
+        # Output into a file: the server runs for minutes, a pipe nobody reads would fill.
+        proc = spawn(
+            harness_argv(
+                runs, "serve", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "2",
+                "--runtime", "local", "--profile", "default,eager", "--port", str(port),
+                "--stall-after", "20",
+            ),
+            env=SECRETS,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=False,
+        )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, (runs.parent / "serve.out").read_text()[-3000:]
-            try:
-                if httpx.get(base + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("vLLM TP=2 not healthy in 600 s")
+        wait_healthy(base + "/health", 600, proc=proc, log=log)
         model = httpx.get(base + "/v1/models", timeout=30).json()["data"][0]["id"]
         # The first request compiles kernels: do it before anything is stopped.
         httpx.post(
@@ -110,16 +94,32 @@ def served(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         ).raise_for_status()
         yield Served(proc, runs, base, model)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGINT)  # harness serve stops its server group
+        # A module-scoped fixture stops its own: Ctrl-C first (harness serve stops its server
+        # group), then the whole tree and anything recorded under runs/.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=60)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-        kill_group(proc)  # type: ignore[arg-type]
-        out.close()
+        stop(proc)
+        stop_all_under(runs)
 
 
-def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
+@dataclass
+class Stall:
+    """Worker_TP1 stopped mid-stream: the watchdog's incident, ``harness dump`` of the same
+    hang once vLLM complained, and the stream after ``kill -CONT``."""
+
+    bundle: Path
+    later: Path
+    tokens_at_cont: int
+    tokens_at_end: int
+    stream_alive: bool
+    errors: list[BaseException]
+
+
+@pytest.fixture(scope="module")
+def stall(served: Served) -> Stall:
+    """The hang every test of this module reads (whichever test runs first makes it, once)."""
     tokens: list[float] = []
     errors: list[BaseException] = []
 
@@ -145,23 +145,27 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
 
     t = threading.Thread(target=stream, daemon=True)
     t.start()
-    deadline = time.monotonic() + 120
-    while len(tokens) < 5 and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: len(tokens) >= 5 or errors, 120, "5 streamed tokens", interval=0.1)
     assert len(tokens) >= 5, errors
     worker = served.worker("Worker_TP1")
     os.kill(worker, signal.SIGSTOP)
     stopped_at = time.monotonic()
     try:
         summary = served.run_dir() / "incidents" / "1" / "summary.md"
-        deadline = time.monotonic() + 180
-        while not summary.exists() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert summary.exists(), "no incident within 180 s"
+        wait_for(summary.exists, 180, "the watchdog's incident", interval=0.5)
         later = _dump_after_the_engine_complains(served, stopped_at)
     finally:
         os.kill(worker, signal.SIGCONT)
-    bundle = summary.parent
+    # kill -CONT: tokens flow again and the stream finishes.
+    n = len(tokens)
+    t.join(timeout=240)
+    return Stall(summary.parent, later, n, len(tokens), t.is_alive(), errors)
+
+
+def test_stopped_tp_worker_is_detected_and_captured(stall: Stall) -> None:
+    bundle = stall.bundle
+    summary = bundle / "summary.md"
+    later = stall.later
     lines = summary.read_text().splitlines()
     assert lines[0].startswith("engine-stall"), lines[0]
     assert lines[1].startswith("Worker_TP1 stopped (state T)"), lines[1]
@@ -193,8 +197,8 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     assert incident["odd_one_out"]["process"] == "Worker_TP1"
     roles = {p["role"]: p for p in incident["processes"]}
     for role in ("APIServer", "EngineCore", "Worker_TP0", "Worker_TP1"):
-        stack = (bundle / roles[role]["stack_files"][0]).read_text()
-        assert "Thread " in stack, role
+        assert roles[role]["stack_files"][0] == f"stacks/{roles[role]['pid']}.txt"
+        py_spy_stacks(bundle, roles[role]["pid"])  # two dumps py-spy really took
     stacks = list((bundle / "stacks").glob("*.txt"))
     assert len(stacks) >= 4
     assert any("all_reduce" in s.read_text() for s in stacks)
@@ -211,10 +215,8 @@ def test_stopped_tp_worker_is_detected_and_captured(served: Served) -> None:
     ):
         assert (bundle / name).exists(), name
     # kill -CONT: tokens flow again and the stream finishes.
-    n = len(tokens)
-    t.join(timeout=240)
-    assert not t.is_alive() and not errors, errors
-    assert len(tokens) > n
+    assert not stall.stream_alive and not stall.errors, stall.errors
+    assert stall.tokens_at_end > stall.tokens_at_cont
 
 
 def _dump_after_the_engine_complains(served: Served, stopped_at: float) -> Path:
@@ -222,24 +224,22 @@ def _dump_after_the_engine_complains(served: Served, stopped_at: float) -> Path:
     comes 60 s into the wait, then ``harness dump`` the server; returns the new bundle."""
     log = served.run_dir() / "server.log"
     needle = "No available shared memory broadcast block found"
-    deadline = stopped_at + 150
-    while needle not in log.read_text(errors="replace"):
-        assert time.monotonic() < deadline, "vLLM never complained within 150 s of the stop"
-        time.sleep(1)
+    wait_for(
+        lambda: needle in log.read_text(errors="replace"),
+        150 - (time.monotonic() - stopped_at),
+        "vLLM's complaint (it comes 60 s after the stop)",
+        interval=1,
+    )
     waited = time.monotonic() - stopped_at
-    out = subprocess.run(
-        [sys.executable, "-m", "harness", "dump", served.run_dir().name,
-         "--runs-dir", str(served.runs), "--gap", "1"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    out = run(served.runs, "dump", served.run_dir().name, "--gap", "1", timeout=120)
     assert out.returncode == 0, out.stderr
     print(f"vLLM complained {waited:.0f} s after the stop")
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def test_no_secret_value_under_runs(served: Served) -> None:
+def test_no_secret_value_under_runs(served: Served, stall: Stall) -> None:
     files = [p for p in served.runs.rglob("*") if p.is_file()]
-    assert any("incidents" in str(p) for p in files), "run the stall test first"
+    assert any(stall.bundle in p.parents for p in files)  # the incident is searched too
     env_txt = next(p for p in files if p.name == "env.txt").read_text()
     assert "HF_TOKEN=***REDACTED***" in env_txt
     for path in files:
