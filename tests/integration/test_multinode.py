@@ -4,8 +4,9 @@ with their own IP and sshd on an internal Docker network), reached over real ssh
 - ``harness serve --nodes 2 --tp 2`` starts vLLM's multi-node launch (the head's API server and
   TP rank 0 on node1, a headless node with rank 1 on node2) and the server answers a chat
   completion; ``harness dump --hosts`` merges both nodes' processes; with node2 frozen
-  (``docker pause``) it reports node2 and keeps node1's dumps, through pdsh and through one
-  ssh per host; ``harness down`` leaves no engine process on either node and no container.
+  (``docker pause``) the detached watcher's stall incident and ``harness dump`` (through pdsh
+  and through one ssh per host) report node2 and keep node1's dumps; ``harness down`` leaves no
+  engine process on either node and no container.
 - A wrong ``GLOO_SOCKET_IFNAME`` on node2 (its second NIC, on a network node1 cannot reach):
   ``harness doctor --nodes`` FAILs it before launch; ``harness serve`` hangs in Gloo's pair
   setup and the startup incident names the network cause and holds both nodes' stacks.
@@ -87,7 +88,8 @@ def test_two_node_tp2_serves_dumps_across_nodes_and_leaves_nothing(
     port = free_port()
     try:
         started = time.monotonic()
-        res = nodes.harness(*serve_args(tiny_model_dir, port, "--detach"), runs=runs, timeout=600)
+        detached = ["--detach", "--stall-after", "15"]
+        res = nodes.harness(*serve_args(tiny_model_dir, port, *detached), runs=runs, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         ready_s = time.monotonic() - started
         run = only_run(runs)
@@ -126,8 +128,17 @@ def test_two_node_tp2_serves_dumps_across_nodes_and_leaves_nothing(
         lines = (bundle_of(res.stdout) / "processes.txt").read_text().splitlines()[1:]
         assert lines and all(line.split()[0] in ("node1", "node2") for line in lines)
 
-        # node2 frozen: it is reported, node1's dumps are kept (pdsh, then one ssh per host).
+        # node2 frozen mid-serving: the detached watcher's canary stalls (TP rank 0 waits for
+        # rank 1) and its incident, captured over ssh, keeps node1's stacks and names node2.
         nodes.docker("pause", nodes.container("node2"))
+        watched = _wait_for(run / "incidents" / "1" / "summary.md", 150)
+        incident = json.loads((watched.parent / "incident.json").read_text())
+        assert incident["kind"] == "engine-stall", incident["detail"]
+        assert {p["host"] for p in incident["processes"]} == {"node1"}
+        assert any(n.startswith("node node2: no answer") for n in incident["notes"])
+        tp0 = next(p for p in incident["processes"] if p["role"] == "Worker_TP0")
+        assert tp0["wait"] and (watched.parent / f"stacks/node1-{tp0['pid']}.txt").exists()
+        # ... and harness dump, too (pdsh, then one ssh per host).
         for pdsh in (True, False):
             res = nodes.harness(
                 "dump", "--hosts", "node1,node2", "--host-timeout", "25", runs=runs,
@@ -157,6 +168,15 @@ def test_two_node_tp2_serves_dumps_across_nodes_and_leaves_nothing(
             nodes.docker("unpause", nodes.container("node2"))
         nodes.harness("down", "--all", runs=runs, timeout=300)
     assert nodes.harness("ps", runs=runs).stdout.strip() == "no live servers"
+
+
+def _wait_for(path: Path, deadline_s: float) -> Path:
+    """``path`` once it exists (the watcher writes summary.md last)."""
+    end = time.monotonic() + deadline_s
+    while not path.exists():
+        assert time.monotonic() < end, f"no {path} within {deadline_s} s"
+        time.sleep(0.5)
+    return path
 
 
 def _paused(nodes: Cluster, node: str) -> bool:
