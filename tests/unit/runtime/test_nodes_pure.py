@@ -39,9 +39,13 @@ def test_the_launch_script_runs_under_sh(tmp_path: Path) -> None:
 def test_the_stop_script_escalates_to_sigkill(tmp_path: Path) -> None:
     # A group whose leader ignores SIGTERM: stopped by SIGKILL after the grace.
     leader = subprocess.Popen(
-        ["sh", "-c", "trap '' TERM; sleep 300 & wait"], start_new_session=True
+        ["sh", "-c", "trap '' TERM; sleep 300 & echo ready; wait"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
+        assert leader.stdout is not None and leader.stdout.readline() == "ready\n"  # trap set
         done = subprocess.run(["sh", "-c", stop_script(leader.pid, 0.5)], timeout=30)
         assert done.returncode == 0
         assert leader.wait(timeout=10) == -9
