@@ -130,8 +130,11 @@ def test_two_node_tp2_serves_dumps_across_nodes_and_leaves_nothing(
 
         # node2 frozen mid-serving: the detached watcher's canary stalls (TP rank 0 waits for
         # rank 1) and its incident, captured over ssh, keeps node1's stacks and names node2.
+        # The first requests compile kernels on the CPU (g++): the canary may stall on them and
+        # file an incident first; the watcher re-arms once tokens flow again.
+        filed = _armed(run, 120)
         nodes.docker("pause", nodes.container("node2"))
-        watched = _wait_for(run / "incidents" / "1" / "summary.md", 150)
+        watched = _wait_for(run / "incidents" / str(filed + 1) / "summary.md", 150)
         incident = json.loads((watched.parent / "incident.json").read_text())
         assert incident["kind"] == "engine-stall", incident["detail"]
         assert {p["host"] for p in incident["processes"]} == {"node1"}
@@ -177,6 +180,19 @@ def _wait_for(path: Path, deadline_s: float) -> Path:
         assert time.monotonic() < end, f"no {path} within {deadline_s} s"
         time.sleep(0.5)
     return path
+
+
+def _armed(run: Path, deadline_s: float) -> int:
+    """The incidents the run's watcher filed so far, once it is armed again (it re-arms after
+    each incident when tokens flow: "server recovered" in watchdog.log)."""
+    end = time.monotonic() + deadline_s
+    while True:
+        filed = len(list((run / "incidents").glob("*/summary.md")))
+        log = (run / "watchdog.log").read_text() if (run / "watchdog.log").exists() else ""
+        if log.count("server recovered") >= filed:
+            return filed
+        assert time.monotonic() < end, f"the watcher did not re-arm within {deadline_s} s: {log}"
+        time.sleep(0.5)
 
 
 def _paused(nodes: Cluster, node: str) -> bool:
