@@ -44,8 +44,11 @@ def spawn(
     stdout: Output = subprocess.PIPE,
     stderr: Output = subprocess.PIPE,
     text: bool = True,
+    outlives_test: bool = False,
 ) -> subprocess.Popen[Any]:
-    """``argv`` in a session of its own, stdin closed (``env``: variables added to ours)."""
+    """``argv`` in a session of its own, stdin closed (``env``: variables added to ours).
+    Stopped when the test ends unless ``outlives_test`` (a module-scoped fixture's server,
+    which that fixture must stop)."""
     proc: subprocess.Popen[Any] = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL,
@@ -58,7 +61,8 @@ def spawn(
         # may have set variables there (COLUMNS=80 under pytest, which truncates `ps` output).
         env={**os.environ, **(env or {})},
     )
-    _SPAWNED.append(proc)
+    if not outlives_test:
+        _SPAWNED.append(proc)
     return proc
 
 

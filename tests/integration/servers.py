@@ -59,15 +59,22 @@ def wait_healthy(
 
 @contextmanager
 def sim_server(
-    *args: str, wait_ready: bool = True, log: Path | None = None
+    *args: str, wait_ready: bool = True, log: Path | None = None, outlives_test: bool = False
 ) -> Iterator[tuple[str, subprocess.Popen[Any]]]:
     """``harness sim ARGS`` on a free port (0.1 s start-up): (base URL, process), healthy
-    unless ``wait_ready`` is false; stopped with its workers on the way out."""
+    unless ``wait_ready`` is false; stopped with its workers on the way out (``outlives_test``:
+    for a module-scoped fixture, see ``harnesscli.spawn``)."""
     port = free_port()
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     argv = [sys.executable, "-m", "harness", "sim", "--port", str(port), "--startup-s", "0.1"]
     try:
-        proc = spawn([*argv, *args], stdout=out, stderr=subprocess.STDOUT, text=False)
+        proc = spawn(
+            [*argv, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=False,
+            outlives_test=outlives_test,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             if wait_ready:
