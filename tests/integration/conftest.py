@@ -56,19 +56,15 @@ def docker_image(docker_client: Any) -> str:
 
 
 @pytest.fixture
-def docker_runs(tmp_path: Path, docker_client: Any) -> Iterator[Path]:
-    """A runs directory; at teardown every server and watcher recorded under it is stopped and
-    every container of a run planned under it is removed (by its run id or run directory
-    label), whether the test passed or not."""
-    runs = tmp_path / "runs"
-    runs.mkdir()
+def docker_runs(campaign_runs: Path, docker_client: Any) -> Iterator[Path]:
+    """``campaign_runs`` whose containers are removed too: every container of a run planned
+    under it (by its run id or run directory label), whether the test passed or not."""
     try:
-        yield runs
+        yield campaign_runs
     finally:
-        harnesscli.stop_all_under(runs)
-        for run in runs.iterdir():
+        for run in campaign_runs.iterdir():
             remove_labelled(docker_client, run.name)
-        remove_under(docker_client, runs)
+        remove_under(docker_client, campaign_runs)
 
 
 @pytest.fixture

@@ -21,37 +21,27 @@ from tests.integration.harnesscli import run
 pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.gpu, pytest.mark.slow]
 
 
-@pytest.fixture
-def client(docker_client: Any) -> Any:
-    return docker_client
-
-
-@pytest.fixture
-def runs(docker_runs: Path) -> Path:
-    return docker_runs
-
-
 def test_vllm_tp2_on_gpus_in_the_official_image(
-    client: Any, tiny_model_dir: Path, runs: Path
+    docker_client: Any, tiny_model_dir: Path, docker_runs: Path
 ) -> None:
-    image = image_or_skip(client, DEFAULT_IMAGES[("vllm", "cuda")])
+    image = image_or_skip(docker_client, DEFAULT_IMAGES[("vllm", "cuda")])
     port = free_port()
     served = run(
-        runs, "serve", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "2",
+        docker_runs, "serve", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "2",
         "--profile", "debug", "--runtime", "docker", "--device", "cuda", "--gpus", "tp",
         "--image", image, "--port", str(port), "--detach", "--startup-timeout", "1200",
         timeout=1500, cwd=REPO,
     )  # fmt: skip
     assert served.returncode == 0, served.stderr
-    (run_dir,) = list(runs.iterdir())
-    (container,) = labelled(client, run_dir.name)
-    requests = client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
+    (run_dir,) = list(docker_runs.iterdir())
+    (container,) = labelled(docker_client, run_dir.name)
+    requests = docker_client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
     assert requests and requests[0]["Count"] == 2
     assert requests[0]["Capabilities"] == [["gpu"]]
     listed = container.exec_run(["nvidia-smi", "-L"])
     assert listed.output.decode().count("GPU ") == 2
     spec = json.loads((run_dir / "launch_spec.json").read_text())
     chat(spec["base_url"], spec["served_model_name"])
-    down = run(runs, "down", run_dir.name, timeout=180, cwd=REPO)
+    down = run(docker_runs, "down", run_dir.name, timeout=180, cwd=REPO)
     assert down.returncode == 0, down.stderr
-    assert labelled(client, run_dir.name) == []
+    assert labelled(docker_client, run_dir.name) == []

@@ -37,16 +37,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 
 @pytest.fixture
-def client(docker_client: Any) -> Any:
-    return docker_client
-
-
-@pytest.fixture
-def image(docker_image: str) -> str:
-    return docker_image
-
-
-@pytest.fixture
 def model_dir(tmp_path: Path) -> Path:
     d = tmp_path / "model"
     d.mkdir()
@@ -118,7 +108,11 @@ def caps(inspect: dict[str, Any]) -> set[str]:
 
 
 def test_container_has_the_planned_settings(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
     run_id = new_run_id("settings")
     options = ContainerOptions(
@@ -128,11 +122,11 @@ def test_container_has_the_planned_settings(
         ulimits={"core": -1, "stack": 67108864},
     )
     spec = http_spec(
-        run_id, runs_dir, model_dir, options, image,
+        run_id, runs_dir, model_dir, options, docker_image,
         env={"CUDA_LAUNCH_BLOCKING": "1", "NCCL_DEBUG_FILE": f"{runs_dir / run_id}/nccl.%h.%p.log"},
     )  # fmt: skip
     handle = start(spec)
-    inspect = client.api.inspect_container(handle.id)
+    inspect = docker_client.api.inspect_container(handle.id)
     host = inspect["HostConfig"]
     assert host["IpcMode"] == "host"
     assert host["NetworkMode"] == "host"
@@ -183,17 +177,21 @@ def test_container_has_the_planned_settings(
     assert code is not None
     assert handle.stop() == code  # twice is fine
     assert handle.poll() == code
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
 
 
 def test_private_ipc_with_shm_and_bridge_published_on_loopback(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
     run_id = new_run_id("bridge")
     options = ContainerOptions(ipc_mode="private", shm_size="1g", network_mode="bridge")
-    spec = http_spec(run_id, runs_dir, model_dir, options, image)
+    spec = http_spec(run_id, runs_dir, model_dir, options, docker_image)
     handle = start(spec)
-    inspect = client.api.inspect_container(handle.id)
+    inspect = docker_client.api.inspect_container(handle.id)
     host = inspect["HostConfig"]
     assert host["IpcMode"] == "private"
     assert host["ShmSize"] == 1024**3
@@ -205,15 +203,19 @@ def test_private_ipc_with_shm_and_bridge_published_on_loopback(
     shm = handle.container.exec_run(["df", "-B1", "--output=size", "/dev/shm"])
     assert shm.output.decode().split()[-1] == str(1024**3)
     handle.stop(grace_s=2)
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
 
 
 def test_a_capture_inside_the_container_goes_through_the_handles_exec(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
     run_id = new_run_id("exec")
     options = ContainerOptions(cap_add=["SYS_PTRACE"])
-    handle = start(http_spec(run_id, runs_dir, model_dir, options, image))
+    handle = start(http_spec(run_id, runs_dir, model_dir, options, docker_image))
     root = handle.root_pid()
     assert root is not None
     # The capture's own py-spy step, with no py-spy on the host: it runs py-spy inside the
@@ -251,7 +253,7 @@ def test_a_capture_inside_the_container_goes_through_the_handles_exec(
 
     wait_for(lambda: sleepers() == [], 10, "the command past its deadline to be killed")
     handle.stop(grace_s=2)
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
 
 
 @pytest.mark.parametrize(
@@ -259,8 +261,8 @@ def test_a_capture_inside_the_container_goes_through_the_handles_exec(
     [({"memlock": -1}, "memlock=unlimited"), ({"nofile": 30000}, "nofile=30000")],
 )
 def test_refused_ulimit_is_one_line_and_leaves_no_container(
-    client: Any,
-    image: str,
+    docker_client: Any,
+    docker_image: str,
     new_run_id: Callable[[str], str],
     runs_dir: Path,
     model_dir: Path,
@@ -275,7 +277,7 @@ def test_refused_ulimit_is_one_line_and_leaves_no_container(
         f"a host that refuses ulimit {setting} (hard limit here: {limit})",
     )
     run_id = new_run_id("ulimit")
-    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(ulimits=ulimits), image)
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(ulimits=ulimits), docker_image)
     with pytest.raises(DockerProblem) as info:
         DockerRuntime().start(spec, RunDir(Path(spec.run_dir)))
     message = info.value.message
@@ -283,11 +285,11 @@ def test_refused_ulimit_is_one_line_and_leaves_no_container(
     assert f"Docker refused ulimit {setting}" in message
     assert "hard limit" in message
     assert f"container.ulimits.{name}" in (info.value.hint or "")
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
 
 
 def test_refused_ulimit_through_the_cli(
-    client: Any, image: str, new_run_id: Callable[[str], str], tmp_path: Path
+    docker_client: Any, docker_image: str, new_run_id: Callable[[str], str], tmp_path: Path
 ) -> None:
     require(
         psutil.Process().rlimit(psutil.RLIMIT_MEMLOCK)[1] != psutil.RLIM_INFINITY,
@@ -296,17 +298,19 @@ def test_refused_ulimit_through_the_cli(
     profile = tmp_path / "memlock.yaml"
     profile.write_text("container:\n  ulimits:\n    memlock: -1\n")
     runs = tmp_path / "runs"
-    before = {c.id for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
+    before = {
+        c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID})
+    }
     result = run(
         runs, "serve", "--engine", "sim", "--model", "sim-model", "--runtime", "docker",
-        "--image", image, "--profile", str(profile), "--port", str(free_port()),
+        "--image", docker_image, "--profile", str(profile), "--port", str(free_port()),
         "--startup-timeout", "60", timeout=120, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 3, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "hint:"))]
     assert lines[0].startswith("error: Docker refused ulimit memlock=unlimited")
     assert "Traceback" not in result.stderr
-    after = {c.id for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
+    after = {c.id for c in docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID})}
     assert after <= before  # nothing left behind
 
 
@@ -325,10 +329,14 @@ ORPHAN_MAKER = textwrap.dedent(
 
 
 def test_orphan_of_a_killed_harness_is_found_and_removed(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
     run_id = new_run_id("orphan")
-    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), docker_image)
     spec_file = runs_dir / "spec.json"
     spec_file.write_text(spec.to_json())
     owner = spawn([sys.executable, "-c", ORPHAN_MAKER, str(spec_file)], cwd=REPO, stderr=None)
@@ -342,29 +350,35 @@ def test_orphan_of_a_killed_harness_is_found_and_removed(
     assert row["status"] == "running"
     assert row["orphan"] is True
     assert row["name"] == spec.container.name if spec.container else False
-    assert (row["engine"], row["tp"], row["image"]) == ("vllm", 2, image)
+    assert (row["engine"], row["tp"], row["image"]) == ("vllm", 2, docker_image)
 
     result = run(runs_dir, "down", run_id, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
     # Its output, no longer followed by anyone, was saved before the container went.
     assert "Serving HTTP" in (Path(spec.run_dir) / "container.log").read_text()
 
 
 def test_down_all_leaves_no_labelled_container(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
-    foreign = [c.name for c in client.containers.list(all=True, filters={"label": LABEL_RUN_ID})]
+    foreign = [
+        c.name for c in docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID})
+    ]
     require(not foreign, f"no other harness containers on this engine (found {foreign})")
     names = []
     for kind in ("a", "b"):
-        spec = http_spec(new_run_id(kind), runs_dir, model_dir, ContainerOptions(), image)
+        spec = http_spec(new_run_id(kind), runs_dir, model_dir, ContainerOptions(), docker_image)
         # Not waited for or stopped by the test: `down --all` must handle it.
         DockerRuntime(follow_logs=False).start(spec, RunDir(Path(spec.run_dir)))
         names.append(spec.container.name if spec.container else "")
     result = run(runs_dir, "down", "--all", timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
-    assert client.containers.list(all=True, filters={"label": LABEL_RUN_ID}) == []
+    assert docker_client.containers.list(all=True, filters={"label": LABEL_RUN_ID}) == []
     assert docker_down(all_runs=True) == []
 
 
@@ -412,10 +426,14 @@ def wait_for_tick(log: Path, at_least: int, deadline_s: float = 60) -> list[int]
 
 
 def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
-    client: Any, image: str, new_run_id: Callable[[str], str], runs_dir: Path, model_dir: Path
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
 ) -> None:
     run_id = new_run_id("detach")
-    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), docker_image)
     spec = spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
     spec_file = runs_dir / "spec.json"
     spec_file.write_text(spec.to_json())
@@ -450,4 +468,4 @@ def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
     finally:
         if follower is not None and follower.is_running():
             follower.kill()
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []

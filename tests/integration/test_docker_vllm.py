@@ -29,48 +29,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.slow]
 STARTUP_S = 600.0
 
 
-@pytest.fixture
-def client(docker_client: Any) -> Any:
-    return docker_client
-
-
-@pytest.fixture
-def image(docker_image: str) -> str:
-    return docker_image
-
-
-@pytest.fixture
-def runs(docker_runs: Path) -> Path:
-    """A runs directory; every container of a run planned under it is removed at teardown."""
-    return docker_runs
-
-
 def harness(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return run(None, *args, timeout=timeout, cwd=REPO)
 
 
-def inspect_run(client: Any, run_id: str) -> dict[str, Any]:
-    (container,) = labelled(client, run_id)
-    data: dict[str, Any] = client.api.inspect_container(container.id)
+def inspect_run(docker_client: Any, run_id: str) -> dict[str, Any]:
+    (container,) = labelled(docker_client, run_id)
+    data: dict[str, Any] = docker_client.api.inspect_container(container.id)
     return data
 
 
 def test_serve_tp2_debug_in_a_container(
-    client: Any, image: str, tiny_model_dir: Path, runs: Path
+    docker_client: Any, docker_image: str, tiny_model_dir: Path, docker_runs: Path
 ) -> None:
     """The must-show: serve at TP=2 with the debug profile, inspect, chat, down."""
     port = free_port()
     served = harness(
         "serve", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "2",
-        "--profile", "debug", "--runtime", "docker", "--image", image, "--port", str(port),
-        "--runs-dir", str(runs), "--detach", "--startup-timeout", str(STARTUP_S),
+        "--profile", "debug", "--runtime", "docker", "--image", docker_image, "--port", str(port),
+        "--runs-dir", str(docker_runs), "--detach", "--startup-timeout", str(STARTUP_S),
         timeout=STARTUP_S + 120,
     )  # fmt: skip
-    (run_dir,) = list(runs.iterdir())
+    (run_dir,) = list(docker_runs.iterdir())
     assert served.returncode == 0, served.stderr + (run_dir / "server.log").read_text()
     run_id = run_dir.name
 
-    inspect = inspect_run(client, run_id)
+    inspect = inspect_run(docker_client, run_id)
     host = inspect["HostConfig"]
     assert host["IpcMode"] == "host"
     assert {c.removeprefix("CAP_") for c in host["CapAdd"]} >= {"SYS_PTRACE"}
@@ -90,7 +74,7 @@ def test_serve_tp2_debug_in_a_container(
     assert reply["choices"][0]["message"]["content"]
 
     # Both TP workers run in the container and are host processes the watchdog can dump.
-    top = client.api.top(inspect["Id"], ps_args="-eo pid,args")
+    top = docker_client.api.top(inspect["Id"], ps_args="-eo pid,args")
     assert sum("VLLM::Worker" in " ".join(map(str, row)) for row in top["Processes"]) >= 2
     # Output streamed into the run directory until harness detached ...
     log = run_dir / "server.log"
@@ -101,9 +85,9 @@ def test_serve_tp2_debug_in_a_container(
     follower = psutil.Process(json.loads((run_dir / "state.json").read_text())["log_follower_pid"])
     wait_for(lambda: "/v1/chat/completions" in log.read_text(), 30, "the access-log line")
 
-    down = harness("down", run_id, "--runs-dir", str(runs))
+    down = harness("down", run_id, "--runs-dir", str(docker_runs))
     assert down.returncode == 0, down.stderr
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []
     assert not follower.is_running() or follower.status() == psutil.STATUS_ZOMBIE
     assert log.read_text() == (run_dir / "container.log").read_text()
 
@@ -115,12 +99,12 @@ def _run_id_of(text: str) -> str:
 
 
 def test_docker_run_line_serves_the_model(
-    client: Any, image: str, tiny_model_dir: Path, runs: Path
+    docker_client: Any, docker_image: str, tiny_model_dir: Path, docker_runs: Path
 ) -> None:
     port = free_port()
     planned = harness(
         "plan", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "1",
-        "--runtime", "docker", "--image", image, "--port", str(port), "--runs-dir", str(runs),
+        "--runtime", "docker", "--image", docker_image, "--port", str(port), "--runs-dir", str(docker_runs),
         "--profile", "eager",
         "--format", "docker",
     )  # fmt: skip
@@ -128,15 +112,15 @@ def test_docker_run_line_serves_the_model(
     text = planned.stdout
     assert text.startswith("docker run")
     run_id = _run_id_of(text)
-    (runs / run_id).mkdir()  # for teardown by label, as harness serve would create it
-    log = runs / run_id / "docker-run.log"
+    (docker_runs / run_id).mkdir()  # for teardown by label, as harness serve would create it
+    log = docker_runs / run_id / "docker-run.log"
     with open(log, "w") as out:
         proc = spawn(["bash", "-c", text], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_healthy(f"http://127.0.0.1:{port}/health", STARTUP_S, proc=proc, log=log)
         reply = chat(f"http://127.0.0.1:{port}", tiny_model_dir.name)
         assert reply["model"] == tiny_model_dir.name
-        assert inspect_run(client, run_id)["HostConfig"]["Init"] is True
+        assert inspect_run(docker_client, run_id)["HostConfig"]["Init"] is True
     finally:
         # `docker run` in the foreground proxies SIGTERM to the container; --rm removes it.
         proc.send_signal(signal.SIGTERM)
@@ -144,8 +128,8 @@ def test_docker_run_line_serves_the_model(
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             stop(proc)
-    remove_labelled(client, run_id)
-    assert labelled(client, run_id) == []
+    remove_labelled(docker_client, run_id)
+    assert labelled(docker_client, run_id) == []
 
 
 def _compose_command() -> list[str] | None:
@@ -156,7 +140,7 @@ def _compose_command() -> list[str] | None:
 
 
 def test_compose_file_serves_the_model(
-    client: Any, image: str, tiny_model_dir: Path, runs: Path, tmp_path: Path
+    docker_client: Any, docker_image: str, tiny_model_dir: Path, docker_runs: Path, tmp_path: Path
 ) -> None:
     compose = _compose_command()
     require(compose is not None, "docker-compose (Debian package docker-compose) or docker compose")
@@ -164,13 +148,13 @@ def test_compose_file_serves_the_model(
     port = free_port()
     planned = harness(
         "plan", "--engine", "vllm", "--model", str(tiny_model_dir), "--tp", "1",
-        "--runtime", "docker", "--image", image, "--port", str(port), "--runs-dir", str(runs),
+        "--runtime", "docker", "--image", docker_image, "--port", str(port), "--runs-dir", str(docker_runs),
         "--profile", "eager",
         "--format", "compose",
     )  # fmt: skip
     assert planned.returncode == 0, planned.stderr
     run_id = _run_id_of(planned.stdout)
-    (runs / run_id).mkdir()
+    (docker_runs / run_id).mkdir()
     file = tmp_path / "compose.yaml"
     file.write_text(planned.stdout)
     project = ["-f", str(file), "-p", f"h{run_id.lower().replace('-', '')}"[:60]]
@@ -179,7 +163,7 @@ def test_compose_file_serves_the_model(
     )
     try:
         assert up.returncode == 0, up.stderr
-        (container,) = labelled(client, run_id)
+        (container,) = labelled(docker_client, run_id)
         wait_healthy(
             f"http://127.0.0.1:{port}/health",
             STARTUP_S,
@@ -187,8 +171,8 @@ def test_compose_file_serves_the_model(
         )
         reply = chat(f"http://127.0.0.1:{port}", tiny_model_dir.name)
         assert reply["model"] == tiny_model_dir.name
-        host = inspect_run(client, run_id)["HostConfig"]
+        host = inspect_run(docker_client, run_id)["HostConfig"]
         assert (host["IpcMode"], host["NetworkMode"], host["Init"]) == ("host", "host", True)
     finally:
         subprocess.run([*compose, *project, "down", "-t", "20"], capture_output=True, timeout=120)
-    assert labelled(client, run_id) == []
+    assert labelled(docker_client, run_id) == []

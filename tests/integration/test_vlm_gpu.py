@@ -30,16 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker, pytest.mark.gpu, pyte
 
 
 @pytest.fixture
-def client(docker_client: Any) -> Any:
-    return docker_client
-
-
-@pytest.fixture
-def runs(docker_runs: Path) -> Path:
-    return docker_runs
-
-
-@pytest.fixture
 def qwen2_vl(tmp_path: Path) -> Path:
     dest = tmp_path / "tiny-qwen2-vl"
     built = run(None, "tiny-model", str(dest), "--kind", "qwen2-vl", timeout=300)
@@ -84,38 +74,38 @@ def prompt_tokens(spec: dict[str, Any], width: int, height: int) -> int:
     return int(response.json()["usage"]["prompt_tokens"])
 
 
-def load_ok(runs: Path, spec: dict[str, Any]) -> None:
+def load_ok(docker_runs: Path, spec: dict[str, Any]) -> None:
     done = harness(
-        runs, "load", "--run", spec["run_id"], "-w", "vlm-mixed", "-n", "4", "-c", "2",
+        docker_runs, "load", "--run", spec["run_id"], "-w", "vlm-mixed", "-n", "4", "-c", "2",
         "--max-tokens", "4", "--no-progress", timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = (runs / spec["run_id"] / "requests.jsonl").read_text().splitlines()
+    lines = (docker_runs / spec["run_id"] / "requests.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [r["status"] for r in records] == ["ok"] * 4
     assert all(i["width"] * i["height"] <= 1003520 for r in records for i in r["images"])
 
 
-def test_lmdeploy_tp2_vlm_safe(client: Any, qwen2_vl: Path, runs: Path) -> None:
-    image = image_or_skip(client, DEFAULT_IMAGES[("lmdeploy", "cuda")])
-    spec = serve_tp2(runs, qwen2_vl, "lmdeploy", image, "--engine-arg", "--backend pytorch")
+def test_lmdeploy_tp2_vlm_safe(docker_client: Any, qwen2_vl: Path, docker_runs: Path) -> None:
+    image = image_or_skip(docker_client, DEFAULT_IMAGES[("lmdeploy", "cuda")])
+    spec = serve_tp2(docker_runs, qwen2_vl, "lmdeploy", image, "--engine-arg", "--backend pytorch")
     argv = spec["argv"]
     assert argv[argv.index("--vision-max-batch-size") + 1] == "1"
     assert any("LMDeploy has no server-side pixel limit" in w for w in spec["warnings"])
-    load_ok(runs, spec)
+    load_ok(docker_runs, spec)
     # No server-side cap: the model's own processor limit (12845056 px) applies.
     assert prompt_tokens(spec, 4000, 3000) - prompt_tokens(spec, 224, 224) == 15301 - 64
-    assert harness(runs, "down", spec["run_id"], timeout=300).returncode == 0
-    assert labelled(client, spec["run_id"]) == []
+    assert harness(docker_runs, "down", spec["run_id"], timeout=300).returncode == 0
+    assert labelled(docker_client, spec["run_id"]) == []
 
 
-def test_vllm_tp2_vlm_safe(client: Any, qwen2_vl: Path, runs: Path) -> None:
-    image = image_or_skip(client, DEFAULT_IMAGES[("vllm", "cuda")])
-    spec = serve_tp2(runs, qwen2_vl, "vllm", image)
+def test_vllm_tp2_vlm_safe(docker_client: Any, qwen2_vl: Path, docker_runs: Path) -> None:
+    image = image_or_skip(docker_client, DEFAULT_IMAGES[("vllm", "cuda")])
+    spec = serve_tp2(docker_runs, qwen2_vl, "vllm", image)
     assert spec["warnings"] == []
-    load_ok(runs, spec)
+    load_ok(docker_runs, spec)
     photo = prompt_tokens(spec, 4000, 3000)
     assert photo == prompt_tokens(spec, 41 * 28, 30 * 28) == prompt_tokens(spec, 8000, 6000)
     assert photo - prompt_tokens(spec, 224, 224) == 41 * 30 - 64
-    assert harness(runs, "down", spec["run_id"], timeout=300).returncode == 0
-    assert labelled(client, spec["run_id"]) == []
+    assert harness(docker_runs, "down", spec["run_id"], timeout=300).returncode == 0
+    assert labelled(docker_client, spec["run_id"]) == []

@@ -65,16 +65,8 @@ def test_flight_recorder_names_the_rank_that_never_entered(tmp_path: Path) -> No
     }  # fmt: skip
 
 
-SIGNATURES = """\
-version: 1
-signatures:
-  - name: param-server-wait
-    cause: the job waits for its parameter server ({odd})
-    next_step: restart the parameter server
-    match:
-      all:
-        - log: 'waiting for the parameter server at \\S+'
-"""
+#: A user's signature file (the docs' ``my-hangs.yaml``): a log line names the cause.
+SIGNATURES = (REPO / "tests" / "fixtures" / "my-hangs.yaml").read_text()
 
 
 def test_a_user_signature_names_the_cause(tmp_path: Path) -> None:
