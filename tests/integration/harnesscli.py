@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+import psutil
 import pytest
 
 from harness import procgroup
@@ -145,6 +146,19 @@ def stop_all_under(runs: Path) -> list[int]:
                 found.append(ref.pid)
                 procgroup.stop_ref(ref, grace_s=5)
     return found
+
+
+def running_members(pgid: int) -> list[int]:
+    """The processes of process group or session ``pgid`` that still run (zombies waiting for
+    an init that reaps slowly are not running)."""
+    alive = []
+    for pid in procgroup.group_members(pgid):
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.Error:
+            continue
+    return alive
 
 
 def only_dir(runs: Path) -> Path:

@@ -13,7 +13,15 @@ import pytest
 from harness.procgroup import ProcessRef
 from harness.records import read_json
 from tests.conftest import free_port
-from tests.integration.harnesscli import finish, only_dir, run, start, stop, wait_for
+from tests.integration.harnesscli import (
+    finish,
+    only_dir,
+    run,
+    running_members,
+    start,
+    stop,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +46,31 @@ def incident(runs: Path, n: int) -> Path:
     return only_dir(runs) / "incidents" / str(n) / "summary.md"
 
 
+#: Startup phases of the simulator: (serve options, the log line that says the phase began).
+STARTUP_PHASES = {
+    "engine initialising": (["--engine-arg", "--startup-s 60"], "non-default args"),
+    "workers started": (["--tp", "2", "--engine-arg", "--startup-s 60"], "sim::Worker_TP1 pid="),
+    "hung in distributed init": (
+        ["--tp", "2", "--fault", "startup-hang:p=1"],
+        "Initializing distributed environment",
+    ),
+}
+
+
+@pytest.mark.parametrize("phase", STARTUP_PHASES)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_during_startup_stops_everything(campaign_runs: Path, sig: signal.Signals) -> None:
-    proc = serve(campaign_runs, "--engine-arg", "--startup-s 60")
+def test_a_signal_during_startup_stops_everything(
+    campaign_runs: Path, sig: signal.Signals, phase: str
+) -> None:
+    options, line = STARTUP_PHASES[phase]
+    proc = serve(campaign_runs, *options)
     try:
         wait_for(lambda: state_says(campaign_runs, "starting"), 60, "the server to start")
         server = server_of(campaign_runs)
         wait_for(
-            lambda: (
-                "Initializing" in (only_dir(campaign_runs) / "server.log").read_text()
-                or "non-default args" in (only_dir(campaign_runs) / "server.log").read_text()
-            ),
+            lambda: line in (only_dir(campaign_runs) / "server.log").read_text(),
             60,
-            "the engine's first log lines",
+            f"the engine's log line {line!r}",
         )
         proc.send_signal(sig)
         res = finish(proc, 60)
@@ -59,6 +79,7 @@ def test_a_signal_during_startup_stops_everything(campaign_runs: Path, sig: sign
     assert res.returncode == 0, res.stderr
     assert "stopping" in res.stderr
     assert not server.alive()
+    assert running_members(server.pid) == []  # the workers too
     assert read_json(only_dir(campaign_runs) / "state.json")["status"] == "stopped"
 
 

@@ -15,7 +15,7 @@ import pytest
 from harness import procgroup
 from harness.records import read_json
 from tests.conftest import free_port, have_module, require
-from tests.integration.harnesscli import finish, only_dir, run, start
+from tests.integration.harnesscli import finish, only_dir, run, running_members, start
 from tests.integration.servers import wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -129,4 +129,4 @@ def test_startup_deadline_stops_the_group(model: Path, campaign_runs: Path) -> N
         or psutil.Process(state["pid"]).status() == psutil.STATUS_ZOMBIE
     )
     # Nothing of the group or session may survive.
-    assert procgroup.group_members(state["pid"]) == []
+    assert running_members(state["pid"]) == []
