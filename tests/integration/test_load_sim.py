@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
 import signal
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -270,10 +273,59 @@ def test_ctrl_c_keeps_every_record_and_writes_the_summary(
     assert not (run / "inflight.json").exists()
 
 
-def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
-    seen: list[dict[str, Any]] = []
+class _StallAfterTwoTokens(BaseHTTPRequestHandler):
+    """A server that keeps what it was sent: every request body is recorded, two tokens are
+    streamed back, then the answer stalls until the test releases it (a hang in mid-stream)."""
 
-    async def main(url: str) -> dict[str, Any]:
+    protocol_version = "HTTP/1.1"
+    received: list[dict[str, Any]]
+    release: threading.Event
+
+    def do_GET(self) -> None:  # /v1/models
+        self._send(200, json.dumps({"data": [{"id": "capture-model"}]}).encode())
+
+    def do_POST(self) -> None:
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for token in ("a", "b"):
+            delta = {"index": 0, "delta": {"content": token}, "finish_reason": None}
+            self._chunk(b"data: " + json.dumps({"id": "c", "choices": [delta]}).encode() + b"\n\n")
+        self.release.wait(120)
+        self._chunk(b"data: [DONE]\n\n")
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        with contextlib.suppress(OSError):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
+    """The requests in flight, as the runner reports them and as it publishes them for the
+    watchdog (inflight.json), carry the bodies the server received: exact, for replay."""
+    seen: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+    release = threading.Event()
+    handler = type("Handler", (_StallAfterTwoTokens,), {"received": received, "release": release})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def main() -> Any:
         cfg = LoadConfig(
             workload_name="chat-short", concurrency=3, requests=3, stall_after_s=30, max_tokens=10
         )
@@ -290,20 +342,28 @@ def test_inflight_requests_have_payloads_for_replay(tmp_path: Path) -> None:
         runner.stop("test", hard=True)
         return inflight, published, await task
 
-    with sim_server("--ttft-ms", "1", "--itl-ms", "1", "--fault", "stall:p=1,after=2") as (url, _):
-        inflight, published, summary = asyncio.run(asyncio.wait_for(main(url), 120))
+    try:
+        inflight, published, summary = asyncio.run(asyncio.wait_for(main(), 120))
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
     assert {f["index"] for f in inflight} == {0, 1, 2}
     assert all(f["last_token_at"] is not None for f in inflight)
-    # The payloads are the exact requests sent: request i of the seed, rebuilt independently.
+    # The payloads are the exact requests the server received ...
+    as_sent = sorted(json.dumps(body, sort_keys=True) for body in received)
+    assert len(as_sent) == 3
+    # ... and request i of the seed, rebuilt independently.
     factory = RequestFactory(
         load_workload("chat-short")[0],
-        model="sim-model",
+        model="capture-model",
         seed=0,
         tokenizer=WordTokenizer(),
         overrides=Overrides(max_tokens=10),
     )
     for items in (inflight, published):
         assert {f["index"] for f in items} == {0, 1, 2}
+        assert sorted(json.dumps(f["body"], sort_keys=True) for f in items) == as_sent
         for f in items:
             assert f["body"] == factory.build(f["index"]).body
             assert f["path"] == "/v1/chat/completions" and f["tokens_so_far"] >= 2
