@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port, require
+from tests.integration.harnesscli import run
 
 pytestmark = pytest.mark.integration
 
@@ -29,12 +30,7 @@ def slurm_up() -> bool:
 
 
 def harness(runs: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "harness", "--runs-dir", str(runs), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run(runs, *args, timeout=300)  # its whole tree stopped past the timeout
 
 
 def job_state(job: str) -> str:
