@@ -447,7 +447,13 @@ def _follow(container: Container, path: Path) -> LogFollower:
     def open_stream() -> Any:
         return container.logs(stream=True, follow=True, stdout=True, stderr=True, timestamps=True)
 
-    follower = LogFollower(str(container.name), open_stream, path, explain)
+    def open_rest(since_s: int) -> Any:
+        return container.logs(
+            stream=True, follow=False, stdout=True, stderr=True, timestamps=True,
+            since=since_s if since_s > 0 else None,
+        )  # fmt: skip
+
+    follower = LogFollower(str(container.name), open_stream, path, explain, open_rest)
     follower.start()
     return follower
 

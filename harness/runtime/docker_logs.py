@@ -119,6 +119,27 @@ class ResumeFilter:
         return True
 
 
+def copy_rest(
+    open_rest: Callable[[int], LogStream],
+    cursor: LogCursor,
+    write: Callable[[bytes], object],
+) -> None:
+    """After a followed stream ended by itself (the container stopped), copy what the stored
+    log holds beyond ``cursor``: Docker's follow mode ends without the container's last message
+    when that message has no newline (measured with Docker 28.2: ``printf tail`` at exit is in
+    ``docker logs`` and ``docker logs --timestamps``, not in ``docker logs -f``; vLLM's last
+    line at exit is such a message). ``open_rest(since_s)`` opens the stored log with
+    timestamps, not following. Best effort: a container already removed has nothing to give."""
+    since_s, skip = cursor.resume_point()
+    keep = ResumeFilter(since_s, skip)
+    with contextlib.suppress(Exception):
+        for chunk in open_rest(since_s):
+            ts, message = split_timestamp(chunk)
+            if keep.keep(ts):
+                write(message)
+                cursor.add(ts)
+
+
 def _one_line(exc: BaseException) -> str:
     return re.sub(r"\s+", " ", str(exc)).strip()
 
@@ -139,8 +160,10 @@ class LogFollower:
         open_stream: Callable[[], LogStream],
         path: Path,
         explain: Callable[[BaseException], str] = _one_line,
+        open_rest: Callable[[int], LogStream] | None = None,
     ) -> None:
         self._open_stream = open_stream
+        self._open_rest = open_rest
         self._path = path
         self._explain = explain
         self._stream: LogStream | None = None
@@ -169,6 +192,10 @@ class LogFollower:
                             return
                         out.write(message)
                         self._cursor.add(ts)
+                if self._open_rest is not None:
+                    with self._lock:
+                        if not self._stopping:
+                            copy_rest(self._open_rest, self._cursor, out.write)
             except Exception as exc:  # the daemon went away, the container was removed, ...
                 with self._lock:
                     if not self._stopping:
@@ -226,8 +253,10 @@ def copy_until_stopped(
     poll_s: float = 2.0,
     grace_s: float = 5.0,
     on_stuck: Callable[[], None] | None = None,
+    open_rest: Callable[[int], LogStream] | None = None,
 ) -> None:
-    """Append the messages ``keep`` keeps to ``out`` until the stream ends. A watcher thread
+    """Append the messages ``keep`` keeps to ``out`` until the stream ends, then what the
+    stored log holds beyond them (:func:`copy_rest`, with ``open_rest``). A watcher thread
     asks ``running()`` every ``poll_s`` (``None``: cannot tell now, ask again); once the
     container is gone or stopped and the stream has not ended within ``grace_s``, the stream is
     closed, and ``on_stuck`` is called if even that did not end it within another ``grace_s``
@@ -249,11 +278,15 @@ def copy_until_stopped(
             return
 
     threading.Thread(target=watch, name="container-watch", daemon=True).start()
+    cursor = LogCursor()
     try:
         for chunk in stream:
             ts, message = split_timestamp(chunk)
+            cursor.add(ts)  # copied now or by the follower this one took over from
             if keep.keep(ts):
                 out.write(message)
+        if open_rest is not None and not closed.is_set():
+            copy_rest(open_rest, cursor, out.write)
     except Exception as exc:  # the daemon went away, ...
         if not closed.is_set():
             out.write(f"[harness] log stream ended: {explain(exc)}\n".encode())
@@ -342,6 +375,14 @@ def follow_container_log(
             grace_s=grace_s,
             # The stream did not give up its read: nothing is left to copy.
             on_stuck=lambda: os._exit(0),
+            open_rest=lambda since: container.logs(
+                stream=True,
+                follow=False,
+                stdout=True,
+                stderr=True,
+                timestamps=True,
+                since=since if since > 0 else None,
+            ),
         )
     return 0
 

@@ -113,10 +113,16 @@ def docker_down(
                 grace = float(labels.get(LABEL_STOP_GRACE, "10"))
             except ValueError:
                 grace = 10.0
-        stop_and_remove(container, grace, before_remove=save_container_log)
         run_dir = labels.get(LABEL_RUN_DIR)
-        if run_dir and os.path.isdir(run_dir):
-            stop_log_follower(Path(run_dir))
+
+        def before_remove(stopped: Container) -> None:
+            # The follower copies the container's last lines (an engine prints some at exit)
+            # once it has stopped; removing the container first cuts its stream short.
+            if run_dir and os.path.isdir(run_dir):
+                stop_log_follower(Path(run_dir))
+            save_container_log(stopped)
+
+        stop_and_remove(container, grace, before_remove=before_remove)
         return str(container.name)
 
     if not containers:

@@ -382,9 +382,16 @@ def test_down_all_leaves_no_labelled_container(
     assert docker_down(all_runs=True) == []
 
 
+# Its last words on SIGTERM have no newline: Docker's follow mode never delivers such a message
+# (vLLM's last line at exit is one), the followers read it from the stored log.
 COUNTER = textwrap.dedent(
     """
-    import itertools, sys, time
+    import itertools, os, signal, sys, time
+    def last_words(*_):
+        sys.stdout.write("last words, no newline")
+        sys.stdout.flush()
+        os._exit(0)
+    signal.signal(signal.SIGTERM, last_words)
     for i in itertools.count():
         print(f"tick {i}", flush=True)
         if i % 5 == 0:
@@ -423,6 +430,30 @@ def wait_for_tick(log: Path, at_least: int, deadline_s: float = 60) -> list[int]
 
     ticks: list[int] = wait_for(reached, deadline_s, f"tick {at_least} in server.log")
     return ticks
+
+
+def test_server_log_ends_with_the_containers_last_message(
+    docker_client: Any,
+    docker_image: str,
+    new_run_id: Callable[[str], str],
+    runs_dir: Path,
+    model_dir: Path,
+) -> None:
+    """The in-process follower: after the stop, server.log is the container's whole output."""
+    run_id = new_run_id("lastwords")
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), docker_image)
+    spec = spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
+    run = RunDir(Path(spec.run_dir))
+    handle = DockerRuntime().start(spec, run)
+    try:
+        wait_for_tick(run.server_log, 3)
+        handle.stop(grace_s=5)
+    finally:
+        handle.stop(grace_s=0)
+    text = run.server_log.read_text()
+    assert text.endswith("last words, no newline"), text[-200:]
+    assert counter_values(text, "tick") == list(range(counter_values(text, "tick")[-1] + 1))
+    assert labelled(docker_client, run_id) == []
 
 
 def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
@@ -464,6 +495,7 @@ def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
         assert not follower.is_running() or follower.status() == psutil.STATUS_ZOMBIE
         container_log = (Path(spec.run_dir) / "container.log").read_text()
         assert log.read_text() == container_log
+        assert container_log.endswith("last words, no newline")
         assert counter_values(container_log, "tick")[-1] >= later[-1]
     finally:
         if follower is not None and follower.is_running():
