@@ -345,6 +345,21 @@ def _watch_one(
                 if console is not None:
                     console.print("[green]server recovered: tokens flow again[/]")
             stop_event.wait(max(0.0, tick_s - (time.monotonic() - now)))
+        # A load that ends on a stall (its stall timeout ends the request, the load is over, the
+        # caller stops the watch) records it after this loop's last look: one more look, so
+        # that stall is still an incident captured while the server is hung (measured: a soak
+        # whose last injected stall came within a tick of its end lost it, 3 incidents for 4).
+        last = request_stall_verdicts(requests_tail.read())
+        if last and armed and handle.poll() is None:
+            incidents += 1
+            incident = _record(
+                handle, primary(last), last, console, capture_options, container_exec, canary,
+                on_incident,
+            )  # fmt: skip
+            run.write_state(watchdog={"incidents": incidents, "last": str(incident.path)})
+            if settings.on_hang in ("stop", "restart"):
+                handle.stop()
+                return "hang-stop", incidents
         return "stopped", incidents
     finally:
         canary.stop()
