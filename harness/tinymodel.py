@@ -262,31 +262,52 @@ def _build_text(dest: Path) -> None:
     _write_generation_config(dest, config.bos_token_id, config.eos_token_id)
 
 
-def _build_vlm(dest: Path) -> None:
-    import torch
-    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
-
-    # The processor finds its image token through the tokenizer's ``image_token``.
-    tokenizer = _tokenizer(VLM_SPECIAL_TOKENS, extra_special_tokens={"image_token": IMAGE_TOKEN})
-    tokenizer.chat_template = VLM_CHAT_TEMPLATE
+def _vlm_tokenizer(
+    dest: Path, special: list[str], chat_template: str, **kwargs: Any
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Write a VLM's tokenizer to ``dest``: (vocabulary size, the special tokens' ids, the
+    bos/eos/pad ids as config keys)."""
+    tokenizer = _tokenizer(special, **kwargs)
+    tokenizer.chat_template = chat_template
     tokenizer.model_max_length = VLM_MAX_POSITIONS
     tokenizer.save_pretrained(dest)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in VLM_SPECIAL_TOKENS}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in special}
     tokens = {
         "bos_token_id": ids["<s>"],
         "eos_token_id": ids["</s>"],
         "pad_token_id": ids["<pad>"],
     }
+    return len(tokenizer), ids, tokens
+
+
+def _vlm_text_tower(vocab_size: int) -> dict[str, Any]:
+    """The language half both tiny VLMs share (two layers, 128 wide, GQA 4:2)."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 256,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": VLM_MAX_POSITIONS,
+    }
+
+
+def _build_vlm(dest: Path) -> None:
+    import torch
+    from transformers import PaddleOCRVLConfig, PaddleOCRVLForConditionalGeneration
+
+    # The processor finds its image token through the tokenizer's ``image_token``.
+    vocab, ids, tokens = _vlm_tokenizer(
+        dest,
+        VLM_SPECIAL_TOKENS,
+        VLM_CHAT_TEMPLATE,
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
     config = PaddleOCRVLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
+            **_vlm_text_tower(vocab),
             "head_dim": 32,
-            "max_position_embeddings": VLM_MAX_POSITIONS,
             # Multimodal RoPE: the 16 rotary frequency pairs of a 32-wide head split over
             # (time, height, width), as Qwen2-VL's [16, 24, 24] does for 128-wide heads.
             "rope_parameters": {
@@ -360,25 +381,10 @@ def _build_qwen2_vl(dest: Path) -> None:
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    tokenizer = _tokenizer(QWEN2_VL_SPECIAL_TOKENS)
-    tokenizer.chat_template = QWEN2_VL_CHAT_TEMPLATE
-    tokenizer.model_max_length = VLM_MAX_POSITIONS
-    tokenizer.save_pretrained(dest)
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN2_VL_SPECIAL_TOKENS}
-    tokens = {
-        "bos_token_id": ids["<s>"],
-        "eos_token_id": ids["</s>"],
-        "pad_token_id": ids["<pad>"],
-    }
+    vocab, ids, tokens = _vlm_tokenizer(dest, QWEN2_VL_SPECIAL_TOKENS, QWEN2_VL_CHAT_TEMPLATE)
     config = Qwen2VLConfig(
         text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "max_position_embeddings": VLM_MAX_POSITIONS,
+            **_vlm_text_tower(vocab),
             "rope_parameters": {
                 "rope_type": "default",
                 "rope_theta": 1000000.0,
