@@ -15,13 +15,8 @@ from harness.errors import BadInput, EnvironmentProblem
 from harness.rundir import RunDir, new_run_id, open_run, runs_root
 from harness.watchdog.capture import CaptureOptions, ContainerExec, capture_incident
 from harness.watchdog.redact import Redactor
-from harness.watchdog.remote import (
-    DEFAULT_MATCH,
-    capture_remote,
-    remote_script,
-    rsh_command,
-    run_remote,
-)
+from harness.watchdog.remote import capture_remote, run_remote
+from harness.watchdog.remotecmd import DEFAULT_MATCH, remote_script, rsh_command
 from harness.watchdog.targets import Target, container_target, pid_target, run_target
 
 

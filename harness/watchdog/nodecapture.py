@@ -29,7 +29,8 @@ from harness.spec import LaunchSpec
 from harness.watchdog import matching as mt
 from harness.watchdog.capture import CaptureOptions, Console, Incident
 from harness.watchdog.redact import Redactor
-from harness.watchdog.remote import DEFAULT_MATCH, remote_script, run_remote, write_remote_bundle
+from harness.watchdog.remote import run_remote, write_remote_bundle
+from harness.watchdog.remotecmd import DEFAULT_MATCH, remote_script
 from harness.watchdog.rules import Verdict
 
 #: Bytes of each node's log kept in the bundle (the same as for one machine).

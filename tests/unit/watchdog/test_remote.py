@@ -9,14 +9,12 @@ from pathlib import Path
 import pytest
 
 from harness.errors import BadInput
-from harness.watchdog.remote import (
+from harness.watchdog.remote import capture_remote, parse_node_output, split_prefixed
+from harness.watchdog.remotecmd import (
     MARK,
-    capture_remote,
-    parse_node_output,
     pdsh_command,
     remote_script,
     rsh_command,
-    split_prefixed,
     srun_command,
     ssh_command,
 )
