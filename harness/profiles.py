@@ -22,12 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.errors import ProfileError
 from harness.spec import Deadlines, LoadLimits, OnHang, VolumeSpec, WatchSettings
-from harness.userfiles import PROFILE_MAX_BYTES, key_path, parse_yaml, read_user_text
+from harness.userfiles import (
+    PROFILE_MAX_BYTES,
+    key_lines,
+    key_path,
+    line_of,
+    parse_yaml,
+    read_user_text,
+)
 
 Scalar = str | int | float | bool
 ArgValue = str | int | float | bool | None
@@ -167,20 +173,6 @@ def split_profile_list(values: Iterable[str]) -> list[str]:
     return out
 
 
-def _key_lines(node: yaml.Node, prefix: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
-    """Record the 1-based line of every mapping key / sequence item, by path."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = (*prefix, index)
-            lines[path] = item.start_mark.line + 1
-            _key_lines(item, path, lines)
-
-
 def _valid_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The field names valid at ``loc`` (the parent of an unknown key)."""
     current: Any = model
@@ -206,15 +198,13 @@ def parse_profile(text: str, source: str) -> ProfileFile:
         data = {}
     if not isinstance(data, Mapping):
         raise ProfileError(f"{source}:1: a profile must be a mapping of keys to values")
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _key_lines(node, (), lines)
+    lines = key_lines(node)
     try:
         return ProfileFile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
+        line = line_of(lines, loc)
         dotted = key_path(loc)
         if err["type"] == "extra_forbidden":
             parent = loc[:-1]

@@ -187,6 +187,33 @@ class _StrictLoader(yaml.SafeLoader):
             ) from None
 
 
+def key_lines(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """The 1-based line of every mapping key / sequence item of a parsed YAML document, by
+    path (``("signatures", 2, "name")``), so a validation error can name its line."""
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = (*prefix, key_node.value)
+                lines[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                path = (*prefix, index)
+                lines[path] = item.start_mark.line + 1
+                walk(item, path)
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    """The line of ``loc`` or of its nearest parent that has one (1: the file's start)."""
+    return next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
+
+
 def _short(node: yaml.Node) -> str:
     text = repr(node.value) if isinstance(node, yaml.ScalarNode) else "(a collection)"
     return text if len(text) <= 40 else text[:37] + "..."

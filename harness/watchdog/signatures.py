@@ -41,11 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import BadInput
-from harness.userfiles import key_path, parse_yaml, read_user_text
+from harness.userfiles import key_lines, key_path, line_of, parse_yaml, read_user_text
 
 #: Environment variable naming the user's catalogue files (``os.pathsep``-separated); the
 #: ``--signatures FILE`` option sets it so that every process of a run (a detached watcher, a
@@ -171,19 +170,6 @@ class Catalogue:
 # Reading and validating
 
 
-def _key_lines(node: yaml.Node, prefix: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = (*prefix, key_node.value)
-            lines[path] = key_node.start_mark.line + 1
-            _key_lines(value_node, path, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            path = (*prefix, index)
-            lines[path] = item.start_mark.line + 1
-            _key_lines(item, path, lines)
-
-
 def parse_catalogue(text: str, source: str) -> list[Signature]:
     """Validate one signature file's YAML text; every error is one line with ``source:line``."""
     data, node = parse_yaml(text, source, error=SignatureError)
@@ -192,15 +178,13 @@ def parse_catalogue(text: str, source: str) -> list[Signature]:
             f"{source}:1: a signature file is a mapping with a `signatures:` list "
             "(see harness/watchdog/signatures.yaml)"
         )
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _key_lines(node, (), lines)
+    lines = key_lines(node)
     try:
         parsed = CatalogueFile.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = tuple(err["loc"])
-        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
+        line = line_of(lines, loc)
         if err["type"] == "extra_forbidden":
             message = f"unknown key {loc[-1]!r} in {key_path(loc[:-1]) or 'the file'}"
         else:
