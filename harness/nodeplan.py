@@ -4,7 +4,8 @@ anything starts why a layout cannot work.
 
 Nodes are named by the user as ssh destinations (``--node-hosts``, the first is the head);
 :mod:`harness.nodefacts` asks each node for its facts over ssh and :func:`harness.plan.make_plan`
-turns them into one :class:`~harness.spec.NodeSpec` per node. Nothing here does I/O.
+turns them into one :class:`~harness.spec.NodeSpec` per node (:func:`plan_nodes`). Nothing here
+does I/O.
 
 Which address a node uses: by default the one harness's ssh reached it on (``SSH_CONNECTION``
 on the node: the route the other nodes and harness share), with the interface that holds it.
@@ -17,10 +18,17 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
+from harness.containerplan import ENGINE_NAMES
 from harness.errors import PlanError
-from harness.spec import NodeSpec
+from harness.profiles import ComposedProfile, compose
+from harness.spec import ContainerSpec, NodeSpec
+
+if TYPE_CHECKING:
+    from harness.engines.base import EngineAdapter, LaunchRequest
+    from harness.plan import PlanRequest
 
 #: vLLM's default ``--master-port`` (the head's torch.distributed store).
 DEFAULT_MASTER_PORT = 29501
@@ -231,3 +239,104 @@ def network_problems(nodes: Sequence[NodeSpec]) -> list[str]:
                 f"({', '.join(sorted(map(str, head_nets)))})"
             )
     return found
+
+
+def node_networks(request: PlanRequest) -> list[NodeNetwork]:
+    """Each node's interface and address (empty on one machine)."""
+    if len(request.nodes) < 2:
+        return []
+    return [
+        node_network(
+            facts,
+            request.node_ifaces.get(facts.host) or request.node_ifaces.get(""),
+            request.node_addresses.get(facts.host) or request.node_addresses.get(""),
+        )
+        for facts in request.nodes
+    ]
+
+
+def check_multi_node(request: PlanRequest, composed: ComposedProfile) -> None:
+    """What a multi-node plan cannot take (bad input, before anything starts)."""
+    if request.engine != "vllm":
+        raise PlanError(
+            f"--nodes is for vLLM (its multiprocessing backend's multi-node launch); "
+            f"{ENGINE_NAMES.get(request.engine, request.engine)} runs on one machine here",
+            hint="drop --nodes, or serve with --engine vllm",
+        )
+    backend = composed.args.get("--distributed-executor-backend")
+    if backend not in (None, "mp"):
+        raise PlanError(
+            f"a profile sets --distributed-executor-backend {backend}; --nodes uses vLLM's "
+            "multiprocessing backend (mp) on every node",
+            hint="drop the setting from the profile",
+        )
+    if not 1 <= request.master_port <= 65535 or request.master_port == request.port:
+        raise PlanError(
+            f"--master-port must be a free port other than --port (got {request.master_port})"
+        )
+    network_mode = composed.container.network_mode or "host"
+    if request.runtime == "docker" and network_mode != "host":
+        raise PlanError(
+            f"network_mode {network_mode}: containers of a multi-node plan use the host "
+            "network (each node's own address is what the other nodes connect to)",
+            hint="drop network_mode from the profile",
+        )
+
+
+def plan_nodes(
+    request: PlanRequest,
+    adapter: EngineAdapter,
+    head_launch: LaunchRequest,
+    profiles: list[str],
+    head_variables: Mapping[str, str | None],
+    networks: list[NodeNetwork],
+    head_container: ContainerSpec | None,
+    *,
+    head_argv: list[str],
+    head_env: dict[str, str],
+) -> list[NodeSpec]:
+    """One NodeSpec per node: the head's argv and environment as planned, and for every other
+    node the same launch with its rank, its cores and the ``net`` profile composed with its own
+    interface and address."""
+    assert head_launch.node is not None
+    nodes: list[NodeSpec] = []
+    for rank, (facts, net) in enumerate(zip(request.nodes, networks, strict=True)):
+        if rank == 0:
+            argv, env, container = head_argv, head_env, head_container
+        else:
+            variables = {**head_variables, "iface": net.iface, "host_ip": net.address}
+            composed = compose(profiles, request.engine, variables)
+            node_launch = replace(
+                head_launch,
+                python="python3" if head_container is not None else facts.python,
+                node=replace(head_launch.node, rank=rank, cpus=facts.cpus),
+            )
+            argv = adapter.argv(node_launch)
+            env = {**adapter.env(node_launch), **composed.env}
+            env.setdefault("PYTHONUNBUFFERED", "1")
+            container = None
+        if head_container is not None:
+            name = f"{head_container.name}-node{rank}"
+            labels = {
+                **head_container.labels,
+                "harness.node": facts.host,
+                "harness.node_rank": str(rank),
+            }
+            container = head_container.model_copy(update={"name": name, "labels": labels})
+        nodes.append(
+            NodeSpec(
+                rank=rank,
+                role="head" if rank == 0 else "worker",
+                host=facts.host,
+                hostname=facts.hostname,
+                address=net.address,
+                iface=net.iface,
+                interfaces=dict(facts.interfaces),
+                reached_address=facts.reached_address,
+                cpus=list(facts.cpus),
+                argv=argv,
+                env=env,
+                container=container,
+            )
+        )
+    return nodes

@@ -20,19 +20,20 @@ from typing import Literal, cast
 
 from harness.containerplan import ENGINE_NAMES
 from harness.engines import LaunchRequest, get_adapter
-from harness.engines.base import EngineAdapter, NodeLaunch
+from harness.engines.base import NodeLaunch
 from harness.errors import PlanError
 from harness.imagelimits import image_limit_warnings
 from harness.nodeplan import (
     DEFAULT_MASTER_PORT,
     NET_PROFILE,
     NodeFacts,
-    NodeNetwork,
+    check_multi_node,
     is_loopback,
     network_problems,
-    node_network,
+    node_networks,
+    plan_nodes,
 )
-from harness.profiles import MAX_SECONDS, PLACEHOLDERS, ComposedProfile, compose
+from harness.profiles import MAX_SECONDS, PLACEHOLDERS, compose
 from harness.spec import (
     ContainerSpec,
     Deadlines,
@@ -300,7 +301,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         raise PlanError("--fault is only for --engine sim (the simulated engine)")
     adapter = get_adapter(request.engine)
     run_dir = os.path.join(request.runs_root, request.run_id)
-    networks = _node_networks(request)
+    networks = node_networks(request)
     variables: dict[str, str | None] = {
         "run_dir": run_dir,
         "iface": networks[0].iface if networks else host.iface,
@@ -331,16 +332,10 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
             raise PlanError(
                 f"a profile sets {flag}, which harness manages; use {adapter.managed_flags[flag]}"
             )
-    if request.engine == "sim":
-        from harness.engines.sim import validate_fault
-
-        for fault in request.faults:
-            validate_fault(fault)
-
     in_container = request.runtime == "docker"
     bind_host = request.host
     if networks:
-        _check_multi_node(request, composed)
+        check_multi_node(request, composed)
         if is_loopback(request.host) or request.host == "localhost":
             # harness (and every client) reaches the head from another machine: a loopback
             # bind would make the server unreachable; the head's own address is the safe one.
@@ -435,7 +430,7 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
 
     nodes: list[NodeSpec] = []
     if networks:
-        nodes = _plan_nodes(
+        nodes = plan_nodes(
             request,
             adapter,
             launch,
@@ -475,107 +470,6 @@ def make_plan(request: PlanRequest, host: HostFacts) -> LaunchSpec:
         sharded_copy=request.sharded_copy,
         nodes=nodes,
     )
-
-
-def _node_networks(request: PlanRequest) -> list[NodeNetwork]:
-    """Each node's interface and address (empty on one machine)."""
-    if len(request.nodes) < 2:
-        return []
-    return [
-        node_network(
-            facts,
-            request.node_ifaces.get(facts.host) or request.node_ifaces.get(""),
-            request.node_addresses.get(facts.host) or request.node_addresses.get(""),
-        )
-        for facts in request.nodes
-    ]
-
-
-def _check_multi_node(request: PlanRequest, composed: ComposedProfile) -> None:
-    """What a multi-node plan cannot take (bad input, before anything starts)."""
-    if request.engine != "vllm":
-        raise PlanError(
-            f"--nodes is for vLLM (its multiprocessing backend's multi-node launch); "
-            f"{ENGINE_NAMES.get(request.engine, request.engine)} runs on one machine here",
-            hint="drop --nodes, or serve with --engine vllm",
-        )
-    backend = composed.args.get("--distributed-executor-backend")
-    if backend not in (None, "mp"):
-        raise PlanError(
-            f"a profile sets --distributed-executor-backend {backend}; --nodes uses vLLM's "
-            "multiprocessing backend (mp) on every node",
-            hint="drop the setting from the profile",
-        )
-    if not 1 <= request.master_port <= 65535 or request.master_port == request.port:
-        raise PlanError(
-            f"--master-port must be a free port other than --port (got {request.master_port})"
-        )
-    network_mode = composed.container.network_mode or "host"
-    if request.runtime == "docker" and network_mode != "host":
-        raise PlanError(
-            f"network_mode {network_mode}: containers of a multi-node plan use the host "
-            "network (each node's own address is what the other nodes connect to)",
-            hint="drop network_mode from the profile",
-        )
-
-
-def _plan_nodes(
-    request: PlanRequest,
-    adapter: EngineAdapter,
-    head_launch: LaunchRequest,
-    profiles: list[str],
-    head_variables: Mapping[str, str | None],
-    networks: list[NodeNetwork],
-    head_container: ContainerSpec | None,
-    *,
-    head_argv: list[str],
-    head_env: dict[str, str],
-) -> list[NodeSpec]:
-    """One NodeSpec per node: the head's argv and environment as planned, and for every other
-    node the same launch with its rank, its cores and the ``net`` profile composed with its own
-    interface and address."""
-    assert head_launch.node is not None
-    nodes: list[NodeSpec] = []
-    for rank, (facts, net) in enumerate(zip(request.nodes, networks, strict=True)):
-        if rank == 0:
-            argv, env, container = head_argv, head_env, head_container
-        else:
-            variables = {**head_variables, "iface": net.iface, "host_ip": net.address}
-            composed = compose(profiles, request.engine, variables)
-            node_launch = replace(
-                head_launch,
-                python="python3" if head_container is not None else facts.python,
-                node=replace(head_launch.node, rank=rank, cpus=facts.cpus),
-            )
-            argv = adapter.argv(node_launch)
-            env = {**adapter.env(node_launch), **composed.env}
-            env.setdefault("PYTHONUNBUFFERED", "1")
-            container = None
-        if head_container is not None:
-            name = f"{head_container.name}-node{rank}"
-            labels = {
-                **head_container.labels,
-                "harness.node": facts.host,
-                "harness.node_rank": str(rank),
-            }
-            container = head_container.model_copy(update={"name": name, "labels": labels})
-        nodes.append(
-            NodeSpec(
-                rank=rank,
-                role="head" if rank == 0 else "worker",
-                host=facts.host,
-                hostname=facts.hostname,
-                address=net.address,
-                iface=net.iface,
-                interfaces=dict(facts.interfaces),
-                reached_address=facts.reached_address,
-                cpus=list(facts.cpus),
-                argv=argv,
-                env=env,
-                container=container,
-            )
-        )
-    return nodes
 
 
 def _url_host(host: str) -> str:
