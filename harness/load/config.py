@@ -20,6 +20,7 @@ from harness.load.replay import ReplayItem
 from harness.load.sse import SSEMode
 from harness.load.workload import Workload
 from harness.report.exports import DEFAULT_METRIC_PERCENTILES
+from harness.report.loadsummary import Sends
 from harness.report.stats import Slo
 from harness.spec import LaunchSpec
 
@@ -230,3 +231,26 @@ class RunDefaults:
         """The stricter of two optional limits."""
         limits = [c for c in (given, run) if c]
         return min(limits) if limits else None
+
+
+def rate_notes(
+    cfg: LoadConfig, rate: Mapping[str, Any], expected: Mapping[str, Any] | None, sends: Sends
+) -> list[str]:
+    """What the summary says about the rate: a short or unlucky schedule (:func:`expected_note`)
+    or a ``--concurrency`` that held the sends back (``rate`` is the summary's rate block)."""
+    notes: list[str] = []
+    capped = rate["capped_by_concurrency"]
+    # When the cap held the sends back, the cap (noted below) explains the count.
+    if expected is not None and capped is None:
+        note = expected_note(cfg, expected, sends.count)
+        if note is not None:
+            notes.append(note)
+    if capped is not None:
+        lag = sends.lag_ms.quantile(50)
+        notes.append(
+            f"--concurrency {cfg.concurrency} capped the rate: {capped['waited']} of "
+            f"{sends.count} sends waited for a free slot (send lag p50 "
+            f"{'-' if lag is None else f'{lag:.0f} ms'}); achieved {rate['achieved']}/s "
+            f"of the {cfg.rate:g}/s requested"
+        )
+    return notes

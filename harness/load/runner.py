@@ -38,7 +38,7 @@ import httpx
 
 from harness.load import replay
 from harness.load.client import InFlight, make_client, send_request, served_model
-from harness.load.config import LoadConfig, LoadSettingError, expected_note
+from harness.load.config import LoadConfig, LoadSettingError, rate_notes
 from harness.load.factory import PlannedRequest, RequestFactory
 from harness.load.inflight import InflightPublisher
 from harness.load.results import write_run_files
@@ -439,27 +439,8 @@ class LoadRunner:
             expected=expected,
         )
         out["run"] = self._run_block(end)
-        out["notes"] = self._notes(out["rate"], expected)
+        out["notes"] = [*self.notes, *rate_notes(cfg, out["rate"], expected, self.sends)]
         return out
-
-    def _notes(self, rate: dict[str, Any], expected: dict[str, Any] | None) -> list[str]:
-        cfg = self.config
-        notes = list(self.notes)
-        capped = rate["capped_by_concurrency"]
-        # When the cap held the sends back, the cap (noted below) explains the count.
-        if expected is not None and capped is None:
-            note = expected_note(cfg, expected, self.sends.count)
-            if note is not None:
-                notes.append(note)
-        if capped is not None:
-            lag = self.sends.lag_ms.quantile(50)
-            notes.append(
-                f"--concurrency {cfg.concurrency} capped the rate: {capped['waited']} of "
-                f"{self.sends.count} sends waited for a free slot (send lag p50 "
-                f"{'-' if lag is None else f'{lag:.0f} ms'}); achieved {rate['achieved']}/s "
-                f"of the {cfg.rate:g}/s requested"
-            )
-        return notes
 
     def _run_block(self, elapsed: float) -> dict[str, Any]:
         cfg = self.config
