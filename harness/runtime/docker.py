@@ -39,7 +39,7 @@ from harness.containercreate import create_kwargs, require_container
 from harness.containerplan import LABEL_RUN_ID
 from harness.errors import DockerProblem
 from harness.rundir import RunDir
-from harness.runtime.docker_logs import LogFollower, spawn_log_follower
+from harness.runtime.docker_logs import LogFollower, spawn_log_follower, start_follower
 from harness.runtime.refusals import create_problem, parse_proc_limits, start_problem
 from harness.spec import ContainerSpec, LaunchSpec
 
@@ -443,21 +443,6 @@ class DockerHandle:
         return f"container {self.name} ({self.id[:12]}) image {c.image}{pid}"
 
 
-def _follow(container: Container, path: Path) -> LogFollower:
-    def open_stream() -> Any:
-        return container.logs(stream=True, follow=True, stdout=True, stderr=True, timestamps=True)
-
-    def open_rest(since_s: int) -> Any:
-        return container.logs(
-            stream=True, follow=False, stdout=True, stderr=True, timestamps=True,
-            since=since_s if since_s > 0 else None,
-        )  # fmt: skip
-
-    follower = LogFollower(str(container.name), open_stream, path, explain, open_rest)
-    follower.start()
-    return follower
-
-
 class DockerRuntime:
     """Starts a LaunchSpec planned with ``--runtime docker`` as a container."""
 
@@ -488,7 +473,7 @@ class DockerRuntime:
         run.create()
         ensure_image(client, c.image)
         container = create_started(client, create_kwargs(spec, caller_env=self._caller_env), c)
-        follower = _follow(container, run.server_log) if self._follow_logs else None
+        follower = start_follower(container, run.server_log, explain) if self._follow_logs else None
         handle = DockerHandle(spec, run, container, follower)
         run.write_state(
             runtime="docker",
@@ -507,5 +492,5 @@ class DockerRuntime:
             raise DockerProblem(
                 f"no container for run {spec.run_id}", hint="`harness ps` lists the running ones"
             )
-        follower = _follow(found[0], run.server_log) if follow_logs else None
+        follower = start_follower(found[0], run.server_log, explain) if follow_logs else None
         return DockerHandle(spec, run, found[0], follower)

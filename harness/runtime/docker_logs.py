@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
 
 import psutil
 
@@ -225,6 +225,31 @@ class LogFollower:
             return self._cursor.resume_point()
 
 
+def open_log(container: Any, *, follow: bool, since_s: int = 0) -> LogStream:
+    """A container's stdout and stderr as Docker stores them, with timestamps, from the whole
+    second ``since_s`` (0: from the start); ``follow``: until the container stops."""
+    stream: LogStream = container.logs(
+        stream=True, follow=follow, stdout=True, stderr=True, timestamps=True,
+        since=since_s if since_s > 0 else None,
+    )  # fmt: skip
+    return stream
+
+
+def start_follower(
+    container: Any, path: Path, explain: Callable[[BaseException], str] = _one_line
+) -> LogFollower:
+    """A started :class:`LogFollower` of ``container`` (a Docker SDK container) into ``path``."""
+    follower = LogFollower(
+        str(container.name),
+        lambda: open_log(container, follow=True),
+        path,
+        explain,
+        lambda since_s: open_log(container, follow=False, since_s=since_s),
+    )
+    follower.start()
+    return follower
+
+
 # ---------------------------------------------------------------------------------------------
 # The background follower of a detached run
 
@@ -347,10 +372,7 @@ def follow_container_log(
         try:
             with sdk_errors():
                 container = docker_client().containers.get(container_name)
-                stream: LogStream = container.logs(
-                    stream=True, follow=True, stdout=True, stderr=True, timestamps=True,
-                    since=since_s if since_s > 0 else None,
-                )  # fmt: skip
+                stream = open_log(container, follow=True, since_s=since_s)
         except DockerProblem as exc:
             out.write(f"[harness] log follower could not start: {exc.message}\n".encode())
             return 1
@@ -375,14 +397,7 @@ def follow_container_log(
             grace_s=grace_s,
             # The stream did not give up its read: nothing is left to copy.
             on_stuck=lambda: os._exit(0),
-            open_rest=lambda since: container.logs(
-                stream=True,
-                follow=False,
-                stdout=True,
-                stderr=True,
-                timestamps=True,
-                since=since if since > 0 else None,
-            ),
+            open_rest=lambda since: open_log(container, follow=False, since_s=since),
         )
     return 0
 
