@@ -34,6 +34,7 @@ from typing import Any
 import psutil
 
 from harness import procgroup
+from harness.userfiles import human_size
 from harness.watchdog.summary import OddOne, ProcessReport, family
 
 CORE_PATTERN_FILE = "/proc/sys/kernel/core_pattern"
@@ -204,13 +205,8 @@ def estimate_core_bytes(maps: str) -> int:
 
 
 def human_bytes(n: int | None) -> str:
-    """``1.7 GiB``, ``812 MiB``."""
-    if n is None:
-        return "-"
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
+    """``1.7 GiB``, ``812 MiB`` (:func:`~harness.userfiles.human_size`); ``-`` when unknown."""
+    return "-" if n is None else human_size(n)
 
 
 @dataclass
