@@ -25,7 +25,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from harness.report.exports import CSV_COLUMNS, LIST_KEYS, BenchResult, csv_row, itls_seconds
+from harness.report.exports import LIST_KEYS, BenchResult, itls_seconds
+from harness.report.requestscsv import CSV_COLUMNS, csv_row
 
 BENCH_RESULT_FILE = "bench_result.json"
 REQUESTS_CSV_FILE = "requests.csv"

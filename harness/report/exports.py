@@ -1,4 +1,4 @@
-"""Result files in other tools' formats (pure): ``bench_result.json`` and ``requests.csv``.
+"""Result files in other tools' formats (pure): ``bench_result.json``.
 
 ``bench_result.json`` has the keys and units of the file ``vllm bench serve --save-result
 --save-detailed`` writes (vLLM 0.32, ``vllm/benchmarks/serve.py``), so dashboards and scripts
@@ -33,8 +33,7 @@ usage; vLLM counts its dataset's prompt. Memory: the per-request lists are inher
 about 60 bytes per request plus the latency samples, exact up to 2 million per metric, then a
 1 %-accurate histogram (:class:`harness.report.stats.Distribution`).
 
-``requests.csv`` has one row per line of ``requests.jsonl``, the scalar fields in
-:data:`CSV_COLUMNS` (empty cell for null) plus ``image_count``.
+``requests.csv`` is :mod:`harness.report.requestscsv`.
 """
 
 from __future__ import annotations
@@ -69,31 +68,6 @@ LIST_KEYS: tuple[str, ...] = (
 
 #: vLLM's ``--goodput`` names.
 GOODPUT_NAMES: tuple[str, ...] = ("ttft", "tpot", "e2el")
-
-#: The columns of requests.csv: the scalar fields of a requests.jsonl record, then derived ones.
-CSV_COLUMNS: tuple[str, ...] = (
-    "index",
-    "status",
-    "error",
-    "error_detail",
-    "http_status",
-    "request_id",
-    "sent_at",
-    "sent_s",
-    "scheduled_s",
-    "ttft_ms",
-    "tpot_ms",
-    "e2e_ms",
-    "duration_ms",
-    "prompt_tokens",
-    "prompt_tokens_planned",
-    "output_tokens",
-    "max_tokens",
-    "finish_reason",
-    "last_token_at",
-    "path",
-    "image_count",
-)
 
 #: Latency samples kept exactly per metric before folding into a histogram.
 EXACT_SAMPLES = 2_000_000
@@ -141,14 +115,6 @@ def parse_goodput(pairs: Iterable[str]) -> dict[str, float]:
                 raise ValueError(f"{pair!r}: the SLO must be a non-negative number")
             out[name] = number
     return out
-
-
-def csv_row(record: Mapping[str, Any]) -> list[Any]:
-    """One requests.csv row (values in :data:`CSV_COLUMNS` order; None for a missing field)."""
-    row = [record.get(name) for name in CSV_COLUMNS[:-1]]
-    images = record.get("images")
-    row.append(len(images) if isinstance(images, list) else 0)
-    return row
 
 
 class _Samples:
@@ -489,12 +455,10 @@ def build_bench_result(
 
 __all__ = [
     "BENCH_METRICS",
-    "CSV_COLUMNS",
     "DEFAULT_METRIC_PERCENTILES",
     "LIST_KEYS",
     "BenchResult",
     "build_bench_result",
-    "csv_row",
     "itls_seconds",
     "parse_goodput",
     "parse_metric_percentiles",

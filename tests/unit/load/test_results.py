@@ -13,7 +13,8 @@ import pytest
 
 from harness.load.results import write_result_files
 from harness.report import exports
-from harness.report.exports import CSV_COLUMNS, build_bench_result
+from harness.report.exports import build_bench_result
+from harness.report.requestscsv import CSV_COLUMNS
 
 
 def summary() -> dict[str, Any]:

@@ -7,12 +7,10 @@ import numpy as np
 import pytest
 
 from harness.report.exports import (
-    CSV_COLUMNS,
     LIST_KEYS,
     BenchResult,
     _Samples,
     build_bench_result,
-    csv_row,
     parse_goodput,
     parse_metric_percentiles,
     percentile_key,
@@ -201,13 +199,6 @@ def test_samples_fold_into_a_histogram_past_the_limit() -> None:
     assert b["mean"] == pytest.approx(a["mean"]) and b["std"] == pytest.approx(a["std"])
     for key in ("median", "p50", "p99"):
         assert b[key] == pytest.approx(a[key], rel=0.011)
-
-
-def test_csv_rows() -> None:
-    row = csv_row(record(1, images=[{"width": 1}, {"width": 2}]))
-    assert len(row) == len(CSV_COLUMNS) and row[CSV_COLUMNS.index("image_count")] == 2
-    assert row[CSV_COLUMNS.index("status")] == "ok" and row[CSV_COLUMNS.index("error")] is None
-    assert "itl_ms" not in CSV_COLUMNS and "images" not in CSV_COLUMNS
 
 
 def test_two_pass_builder_matches_the_in_memory_one() -> None:
