@@ -23,7 +23,7 @@ from harness.campaign.loadplan import LoadPlan
 from harness.campaign.server import launch, startup_message
 from harness.campaign.session import load_under_watch
 from harness.campaign.signals import Terminated, terminate_on_signals
-from harness.campaign.slurm import RECORD, SlurmOptions, run_array
+from harness.campaign.slurm import RECORD, SlurmOptions, run_campaign_array
 from harness.records import append_jsonl, iter_jsonl, write_json, write_jsonl
 from harness.report.aggregate import finished_at
 from harness.report.compare import compare_summary
@@ -302,21 +302,13 @@ def run_compare_slurm(
     ``cells.jsonl``, summary and report as a local run."""
     tasks = len(cells) * options.repeats
 
-    def submitted(job: str) -> None:
-        update_campaign(run, slurm_job=job)
-        console.print(f"submitted SLURM job {job}: {tasks} array task(s)")
-
-    def progressed(text: str, done: int) -> None:
-        progress.phase, progress.step = text, done
-
-    records, status = run_array(
-        run.path,
+    records, status = run_campaign_array(
+        run,
         tasks,
         lambda n: cell_record_path(run, *task_cell(cells, n)),
         slurm,
-        job_name=f"harness-{run.run_id}",
-        on_progress=progressed,
-        on_submitted=submitted,
+        console=console,
+        progress=progress,
     )
     lines: list[dict[str, Any]] = []
     for n, record in enumerate(records, start=1):

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from harness.campaign.base import Planner, Progress, Slot, update_campaign
 from harness.campaign.server import launch, startup_message
 from harness.campaign.signals import Terminated, terminate_on_signals
-from harness.campaign.slurm import RECORD, SlurmOptions, run_array
+from harness.campaign.slurm import RECORD, SlurmOptions, run_campaign_array
 from harness.engines import get_adapter
 from harness.records import append_jsonl, iter_jsonl, write_json, write_jsonl
 from harness.report.startup import startup_summary
@@ -182,21 +182,13 @@ def run_repro_slurm(
     """The campaign as a SLURM job array, one task per start; gathered into the same
     ``starts.jsonl``, summary and report as a local run."""
 
-    def submitted(job: str) -> None:
-        update_campaign(run, slurm_job=job)
-        console.print(f"submitted SLURM job {job}: {options.runs} array task(s)")
-
-    def progressed(text: str, done: int) -> None:
-        progress.phase, progress.step = text, done
-
-    records, status = run_array(
-        run.path,
+    records, status = run_campaign_array(
+        run,
         options.runs,
         lambda n: start_record_path(run, n),
         slurm,
-        job_name=f"harness-{run.run_id}",
-        on_progress=progressed,
-        on_submitted=submitted,
+        console=console,
+        progress=progress,
     )
     for n, record in enumerate(records, start=1):
         record.setdefault("n", n)

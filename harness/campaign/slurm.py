@@ -22,8 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import BadInput, EnvironmentProblem
+
+if TYPE_CHECKING:
+    from harness.campaign.base import Progress
+    from harness.console import Console
+    from harness.rundir import RunDir
 
 RECORD = "record.json"
 #: Array task states that mean "still to come".
@@ -174,6 +180,37 @@ def lost_record(job: str, task: int) -> dict[str, str | int | None]:
 def check_tasks(tasks: int) -> None:
     if tasks < 1:
         raise BadInput("a SLURM campaign needs at least one task")
+
+
+def run_campaign_array(
+    run: RunDir,
+    tasks: int,
+    record_path: Callable[[int], Path],
+    options: SlurmOptions,
+    *,
+    console: Console,
+    progress: Progress,
+) -> tuple[list[dict[str, object]], str]:
+    """:func:`run_array` for a campaign: its job id recorded in campaign.json and printed,
+    SLURM's counts shown as the campaign's progress."""
+    from harness.campaign.base import update_campaign
+
+    def submitted(job: str) -> None:
+        update_campaign(run, slurm_job=job)
+        console.print(f"submitted SLURM job {job}: {tasks} array task(s)")
+
+    def progressed(text: str, done: int) -> None:
+        progress.phase, progress.step = text, done
+
+    return run_array(
+        run.path,
+        tasks,
+        record_path,
+        options,
+        job_name=f"harness-{run.run_id}",
+        on_progress=progressed,
+        on_submitted=submitted,
+    )
 
 
 def run_array(
