@@ -266,6 +266,15 @@ def _watch_one(
     incidents = 0
     incident_at = 0.0
     client = httpx.Client(timeout=httpx.Timeout(1.5))
+
+    def file_incident(verdicts: list[Verdict], count: int) -> None:
+        """Capture the bundle while the hang is live; state.json names the newest."""
+        incident = _record(
+            handle, primary(verdicts), verdicts, console, capture_options, container_exec,
+            canary, on_incident,
+        )  # fmt: skip
+        run.write_state(watchdog={"incidents": count, "last": str(incident.path)})
+
     if console is not None:
         console.print(
             f"[green]watchdog on[/]: stall after {stall_s:g} s, canary every "
@@ -319,17 +328,7 @@ def _watch_one(
                 armed = False
                 incident_at = time.monotonic()
                 incidents += 1
-                incident = _record(
-                    handle,
-                    primary(verdicts),
-                    verdicts,
-                    console,
-                    capture_options,
-                    container_exec,
-                    canary,
-                    on_incident,
-                )
-                run.write_state(watchdog={"incidents": incidents, "last": str(incident.path)})
+                file_incident(verdicts, incidents)
                 if settings.on_hang == "stop":
                     handle.stop()
                     return "hang-stop", incidents
@@ -352,11 +351,7 @@ def _watch_one(
         last = request_stall_verdicts(requests_tail.read())
         if last and armed and handle.poll() is None:
             incidents += 1
-            incident = _record(
-                handle, primary(last), last, console, capture_options, container_exec, canary,
-                on_incident,
-            )  # fmt: skip
-            run.write_state(watchdog={"incidents": incidents, "last": str(incident.path)})
+            file_incident(last, incidents)
             if settings.on_hang in ("stop", "restart"):
                 handle.stop()
                 return "hang-stop", incidents

@@ -419,6 +419,12 @@ DETACHER = textwrap.dedent(
 )
 
 
+def counter_spec(run_id: str, runs_dir: Path, model_dir: Path, image: str) -> LaunchSpec:
+    """A container that prints :data:`COUNTER`'s ticks instead of serving."""
+    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), image)
+    return spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
+
+
 def counter_values(text: str, word: str) -> list[int]:
     return [int(line.split()[1]) for line in text.splitlines() if line.startswith(word + " ")]
 
@@ -441,8 +447,7 @@ def test_server_log_ends_with_the_containers_last_message(
 ) -> None:
     """The in-process follower: after the stop, server.log is the container's whole output."""
     run_id = new_run_id("lastwords")
-    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), docker_image)
-    spec = spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
+    spec = counter_spec(run_id, runs_dir, model_dir, docker_image)
     run = RunDir(Path(spec.run_dir))
     handle = DockerRuntime().start(spec, run)
     try:
@@ -464,8 +469,7 @@ def test_detached_server_log_keeps_growing_without_repeats_or_gaps(
     model_dir: Path,
 ) -> None:
     run_id = new_run_id("detach")
-    spec = http_spec(run_id, runs_dir, model_dir, ContainerOptions(), docker_image)
-    spec = spec.model_copy(update={"argv": ["python3", "-u", "-c", COUNTER]})
+    spec = counter_spec(run_id, runs_dir, model_dir, docker_image)
     spec_file = runs_dir / "spec.json"
     spec_file.write_text(spec.to_json())
     log = Path(spec.run_dir) / "server.log"
