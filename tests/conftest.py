@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +20,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A suite started in the background of a shell without job control (``(cmd &)``,
+    some CI runners) inherits SIGINT ignored, and so would every harness the tests start:
+    the tests that stop a foreground server with Ctrl-C would wait for nothing (measured: 5
+    docs examples timed out after 120 s). A handler here makes exec give children the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def require(condition: bool, what: str) -> None:
